@@ -1,0 +1,87 @@
+//! How one chunk is stored as a RocksDB value: `[codec u8][raw_len u32 LE]
+//! [payload]`. Codec 0 is raw (used when zstd does not shrink the chunk),
+//! codec 1 is one zstd frame. RocksDB's own compression is off for chunks,
+//! so nothing is compressed twice.
+
+use crate::id::ChunkId;
+use crate::{Error, Result};
+
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+const HEADER: usize = 5;
+
+pub fn encode_chunk(raw: &[u8], zstd_level: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + raw.len() / 2);
+    out.push(ZSTD);
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    let compressed = zstd::bulk::compress(raw, zstd_level)
+        .ok()
+        .filter(|c| c.len() < raw.len());
+    match compressed {
+        Some(c) => out.extend_from_slice(&c),
+        None => {
+            out[0] = RAW;
+            out.extend_from_slice(raw);
+        }
+    }
+    out
+}
+
+/// Decodes a stored chunk and checks it against its id: a chunk whose bytes
+/// no longer hash to its name is an error, never data.
+pub fn decode_chunk(id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |why: String| Error::CorruptChunk { id: *id, why };
+    if stored.len() < HEADER {
+        return Err(corrupt(format!("{}-byte value is too short", stored.len())));
+    }
+    let raw_len = u32::from_le_bytes([stored[1], stored[2], stored[3], stored[4]]) as usize;
+    let payload = &stored[HEADER..];
+    let raw = match stored[0] {
+        RAW => payload.to_vec(),
+        ZSTD => {
+            zstd::bulk::decompress(payload, raw_len).map_err(|e| corrupt(format!("zstd: {e}")))?
+        }
+        other => return Err(corrupt(format!("unknown codec {other}"))),
+    };
+    if raw.len() != raw_len {
+        return Err(corrupt(format!(
+            "{} bytes, header says {raw_len}",
+            raw.len()
+        )));
+    }
+    if ChunkId::of(&raw) != *id {
+        return Err(corrupt("content does not match its BLAKE3 id".into()));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_compressible_and_random() {
+        let text = b"boot boot boot boot boot boot boot boot".repeat(100);
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for raw in [&text[..], &noise[..], b""] {
+            let id = ChunkId::of(raw);
+            let stored = encode_chunk(raw, 3);
+            assert!(stored.len() <= raw.len() + HEADER);
+            assert_eq!(decode_chunk(&id, &stored).unwrap(), raw);
+        }
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let raw = b"kernel".repeat(500);
+        let id = ChunkId::of(&raw);
+        let stored = encode_chunk(&raw, 3);
+        for i in 0..stored.len() {
+            let mut bad = stored.clone();
+            bad[i] ^= 1;
+            assert!(decode_chunk(&id, &bad).is_err(), "flip at {i} accepted");
+        }
+    }
+}

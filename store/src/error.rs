@@ -1,0 +1,61 @@
+//! One error type for the library; each variant says what went wrong in terms
+//! a user can act on. The CLI adds context (which file, which verb) on top.
+
+use std::path::PathBuf;
+
+use crate::id::ChunkId;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid boot image: {0}")]
+    Format(String),
+
+    #[error("trace line {line}: {msg}")]
+    Trace { line: usize, msg: String },
+
+    #[error("invalid name {name:?}: {why}")]
+    Name { name: String, why: &'static str },
+
+    #[error("no boot image named {0:?} in the store")]
+    UnknownVmi(String),
+
+    #[error("chunk {id} is missing from the store")]
+    MissingChunk { id: ChunkId },
+
+    #[error("chunk {id} is corrupt: {why}")]
+    CorruptChunk { id: ChunkId, why: String },
+
+    #[error("store metadata is corrupt: {0}")]
+    CorruptStore(String),
+
+    #[error("store at {path} is not usable: {why}")]
+    StoreConfig { path: PathBuf, why: String },
+
+    #[error("RocksDB: {0}")]
+    Db(#[from] rocksdb::Error),
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(msg: impl Into<String>) -> Self {
+        Error::Format(msg.into())
+    }
+}

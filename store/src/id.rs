@@ -1,0 +1,112 @@
+//! Typed content ids. A chunk is named by the BLAKE3 hash of its raw
+//! (uncompressed) bytes, so equal content is stored once.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> Self {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(ChunkId)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for ChunkId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_hex32(s).map(ChunkId)
+    }
+}
+
+/// The identity of a VMI file: BLAKE3 of its whole content. The mount compares
+/// it with the file it serves, so a boot image is never applied to a VMI that
+/// changed after it was recorded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity(pub [u8; 32]);
+
+impl FileIdentity {
+    /// Hashes the whole file, memory-mapped and in parallel: a multi-GB VMI
+    /// hashes in about a second, and only once per file version.
+    pub fn of_file(path: &std::path::Path) -> crate::Result<Self> {
+        let mut hasher = blake3::Hasher::new();
+        hasher
+            .update_mmap_rayon(path)
+            .map_err(|e| crate::Error::io(path, e))?;
+        Ok(FileIdentity(*hasher.finalize().as_bytes()))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Display for FileIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for FileIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileIdentity({})", &self.to_hex()[..16])
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
+    if s.len() != 64 || !s.is_ascii() {
+        return Err(format!("{s:?} is not 64 hex digits"));
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{s:?} is not 64 hex digits"))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let id = ChunkId::of(b"hello");
+        assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
+        assert!("zz".parse::<ChunkId>().is_err());
+        assert!("g".repeat(64).parse::<ChunkId>().is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! yolo-store's library core: the `.yolo` boot-image format, chunking, the
+//! RocksDB chunk store with a manifest per VMI, gc and verify. It knows
+//! nothing of command lines or FUSE; the `yolo-store` binary adapts it.
+
+mod cache;
+mod capture;
+mod chunking;
+mod codec;
+mod error;
+mod export;
+mod format;
+mod gc;
+mod id;
+mod import;
+mod manifest;
+mod name;
+mod serve;
+mod stats;
+mod store;
+mod trace;
+mod verify;
+
+pub use cache::{CacheStats, ChunkCache};
+pub use capture::{write_boot_image, CaptureSource};
+pub use chunking::{Chunking, FASTCDC_VERSION};
+pub use error::{Error, Result};
+pub use export::{export, extract, VmiReader};
+pub use format::{block_count, BootImage, BootImageWriter, FileHeader, FileImage};
+pub use gc::{execute_gc, plan_gc, remove, GcPlan, GcReport};
+pub use id::{ChunkId, FileIdentity};
+pub use import::{import, ImportOptions, ImportReport};
+pub use manifest::{ChunkRef, Manifest, ManifestIndex};
+pub use name::validate_name;
+pub use serve::{ImageServer, OpenImage, ServeStats};
+pub use stats::{stats, StoreStats, VmiStats};
+pub use store::{ChunkInfo, Store, StoreConfig};
+pub use trace::{blocks_in_access_order, parse_trace, Read};
+pub use verify::{verify, Problem, VerifyReport};

@@ -1,0 +1,271 @@
+//! A manifest: one VMI's boot image as stored, i.e. its block ids in
+//! first-access order and the chunks its block stream was cut into. The
+//! binary layout is specified in docs/design.md.
+
+use std::ops::Range;
+
+use crate::format::{block_count, block_len, validate_block_size, FileHeader};
+use crate::id::{ChunkId, FileIdentity};
+use crate::{Error, Result};
+
+const VERSION: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub block_size: u32,
+    pub file_size: u64,
+    pub identity: FileIdentity,
+    /// Block ids in first-access order.
+    pub blocks: Vec<u64>,
+    /// Chunks of the block stream (block data in `blocks` order).
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Manifest {
+    pub fn file_header(&self, name: &str) -> FileHeader {
+        FileHeader {
+            name: name.to_string(),
+            file_size: self.file_size,
+            identity: self.identity,
+            blocks: self.blocks.clone(),
+        }
+    }
+
+    /// Bytes of block data (the boot image's logical size for this VMI).
+    pub fn stream_len(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.len)).sum()
+    }
+
+    pub fn block_len(&self, id: u64) -> usize {
+        block_len(self.file_size, self.block_size, id)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.blocks.len() * 8 + self.chunks.len() * 36);
+        out.push(VERSION);
+        out.extend_from_slice(&self.block_size.to_le_bytes());
+        out.extend_from_slice(&self.file_size.to_le_bytes());
+        out.extend_from_slice(&self.identity.0);
+        out.extend_from_slice(&(self.blocks.len() as u64).to_le_bytes());
+        for id in &self.blocks {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk.id.as_bytes());
+            out.extend_from_slice(&chunk.len.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut r = Cursor { bytes, at: 0 };
+        let version = r.take::<1>()?[0];
+        if version != VERSION {
+            return Err(Error::CorruptStore(format!("manifest version {version}")));
+        }
+        let block_size = u32::from_le_bytes(r.take()?);
+        validate_block_size(block_size).map_err(|e| Error::CorruptStore(e.to_string()))?;
+        let file_size = u64::from_le_bytes(r.take()?);
+        let identity = FileIdentity(r.take()?);
+        let block_total = r.count(8)?;
+        let mut blocks = Vec::with_capacity(block_total);
+        for _ in 0..block_total {
+            blocks.push(u64::from_le_bytes(r.take()?));
+        }
+        let chunk_total = r.count(36)?;
+        let mut chunks = Vec::with_capacity(chunk_total);
+        for _ in 0..chunk_total {
+            let id = ChunkId(r.take()?);
+            let len = u32::from_le_bytes(r.take()?);
+            chunks.push(ChunkRef { id, len });
+        }
+        if r.at != bytes.len() {
+            return Err(Error::CorruptStore("trailing bytes in manifest".into()));
+        }
+        let manifest = Manifest {
+            block_size,
+            file_size,
+            identity,
+            blocks,
+            chunks,
+        };
+        let n = block_count(file_size, block_size);
+        let data: u64 = manifest
+            .blocks
+            .iter()
+            .map(|&b| manifest.block_len(b) as u64)
+            .sum();
+        if manifest.blocks.iter().any(|&b| b >= n) || data != manifest.stream_len() {
+            return Err(Error::CorruptStore(
+                "manifest blocks and chunks disagree".into(),
+            ));
+        }
+        Ok(manifest)
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let end = self.at + N;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or_else(|| Error::CorruptStore("truncated manifest".into()))?;
+        self.at = end;
+        Ok(slice.try_into().unwrap_or([0; N]))
+    }
+
+    /// A count of `item_len`-byte items, checked against the bytes left.
+    fn count(&mut self, item_len: usize) -> Result<usize> {
+        let n = u64::from_le_bytes(self.take()?);
+        let left = (self.bytes.len() - self.at) as u64;
+        if n.saturating_mul(item_len as u64) > left {
+            return Err(Error::CorruptStore("truncated manifest".into()));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Offset lookups over a manifest: which part of the block stream holds a
+/// block, and which chunks hold a part of the stream. Both are binary
+/// searches over sorted tables built once per manifest.
+#[derive(Debug)]
+pub struct ManifestIndex {
+    /// (block id, offset of its data in the stream), sorted by block id.
+    blocks: Vec<(u64, u64)>,
+    /// Stream offset where each chunk starts, plus the stream length last.
+    chunk_starts: Vec<u64>,
+    manifest: Manifest,
+}
+
+impl ManifestIndex {
+    pub fn new(manifest: Manifest) -> Self {
+        let mut at = 0u64;
+        let mut blocks: Vec<(u64, u64)> = manifest
+            .blocks
+            .iter()
+            .map(|&id| {
+                let start = at;
+                at += manifest.block_len(id) as u64;
+                (id, start)
+            })
+            .collect();
+        blocks.sort_unstable();
+        let mut chunk_starts = Vec::with_capacity(manifest.chunks.len() + 1);
+        let mut at = 0u64;
+        for chunk in &manifest.chunks {
+            chunk_starts.push(at);
+            at += u64::from(chunk.len);
+        }
+        chunk_starts.push(at);
+        ManifestIndex {
+            blocks,
+            chunk_starts,
+            manifest,
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Where block `id`'s data sits in the stream, if the boot image has it.
+    pub fn block(&self, id: u64) -> Option<Range<u64>> {
+        let i = self.blocks.binary_search_by_key(&id, |&(b, _)| b).ok()?;
+        let start = self.blocks[i].1;
+        Some(start..start + self.manifest.block_len(id) as u64)
+    }
+
+    /// The chunks that hold `range` of the stream: (chunk index, the part of
+    /// the stream that chunk covers).
+    pub fn chunks_for(&self, range: Range<u64>) -> impl Iterator<Item = (usize, Range<u64>)> + '_ {
+        let first = self
+            .chunk_starts
+            .partition_point(|&s| s <= range.start)
+            .saturating_sub(1);
+        (first..self.manifest.chunks.len())
+            .take_while(move |&i| self.chunk_starts[i] < range.end)
+            .map(|i| (i, self.chunk_starts[i]..self.chunk_starts[i + 1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn manifest(blocks: Vec<u64>, chunk_lens: &[u32], file_size: u64) -> Manifest {
+        Manifest {
+            block_size: 4096,
+            file_size,
+            identity: FileIdentity([1; 32]),
+            blocks,
+            chunks: chunk_lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| ChunkRef {
+                    id: ChunkId::of(&i.to_le_bytes()),
+                    len,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_truncation() {
+        let m = manifest(vec![5, 1, 2], &[8192, 4096], 1 << 20);
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        for len in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn lookup_finds_blocks_in_time_order_stream() {
+        // Blocks 9, 2, 4 in time order; the file's last block (4) is short.
+        let m = manifest(vec![9, 2, 4], &[5000, 3292], 4 * 4096 + 100);
+        let m = Manifest {
+            blocks: vec![3, 2, 4],
+            ..m
+        };
+        let index = ManifestIndex::new(m);
+        assert_eq!(index.block(3), Some(0..4096));
+        assert_eq!(index.block(2), Some(4096..8192));
+        assert_eq!(index.block(4), Some(8192..8292));
+        assert_eq!(index.block(0), None);
+        let chunks: Vec<_> = index.chunks_for(4096..8192).collect();
+        assert_eq!(chunks, vec![(0, 0..5000), (1, 5000..8292)]);
+        let chunks: Vec<_> = index.chunks_for(8192..8292).collect();
+        assert_eq!(chunks, vec![(1, 5000..8292)]);
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_for_covers_exactly(lens in proptest::collection::vec(1u32..5000, 1..30), a in any::<u64>(), b in any::<u64>()) {
+            let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+            let (mut s, mut e) = (a % total, b % total + 1);
+            if s >= e { std::mem::swap(&mut s, &mut e); }
+            if s == e { return Ok(()); }
+            let index = ManifestIndex::new(manifest(vec![], &lens, 0));
+            let got: Vec<_> = index.chunks_for(s..e).collect();
+            prop_assert!(got.first().unwrap().1.start <= s);
+            prop_assert!(got.last().unwrap().1.end >= e);
+            for pair in got.windows(2) {
+                prop_assert_eq!(pair[0].1.end, pair[1].1.start);
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Serving VMI files from the store: the paper's Algorithm 1. A read of
+//! `(file, offset, length)` takes every block the file's boot image holds
+//! from the chunk cache (loading and checking chunks from the store on a
+//! miss) and every other byte from the file itself; a request that spans
+//! both is split and stitched. No FUSE types here: the mount adapter calls
+//! [`ImageServer::open`] and [`ImageServer::read`].
+//!
+//! The server never returns bytes that differ from the file: a boot image
+//! is used only while the file's identity matches the one recorded, and a
+//! chunk that fails its BLAKE3 check is replaced by a read of the file.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cache::{CacheStats, ChunkCache};
+use crate::id::{ChunkId, FileIdentity};
+use crate::manifest::ManifestIndex;
+use crate::name::validate_name;
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// What identifies one version of a file on this node without reading it:
+/// if any of these change, the identity is computed again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl StatKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// An open VMI file: the file itself, and its boot image when one is
+/// stored and still matches the file.
+pub struct OpenImage {
+    pub name: String,
+    file: File,
+    size: u64,
+    index: Option<Arc<ManifestIndex>>,
+}
+
+impl OpenImage {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether reads of this file are served from a boot image.
+    pub fn has_boot_image(&self) -> bool {
+        self.index.is_some()
+    }
+}
+
+pub struct ImageServer {
+    store: Arc<Store>,
+    images: PathBuf,
+    cache: ChunkCache,
+    identities: Mutex<HashMap<String, (StatKey, FileIdentity)>>,
+    warned: Mutex<HashSet<String>>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    reads: AtomicU64,
+    bytes_from_store: AtomicU64,
+    bytes_from_file: AtomicU64,
+    chunk_failures: AtomicU64,
+    identity_mismatches: AtomicU64,
+    preload_total: AtomicU64,
+    preload_done: AtomicU64,
+    /// Read latency, bucket i counts reads that took [2^i, 2^(i+1)) us.
+    latency_us_log2: [AtomicU64; 24],
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServeStats {
+    pub reads: u64,
+    pub bytes_from_store: u64,
+    pub bytes_from_file: u64,
+    pub chunk_failures: u64,
+    pub identity_mismatches: u64,
+    pub preload_chunks_total: u64,
+    pub preload_chunks_done: u64,
+    pub cache: CacheStats,
+    /// (upper bound in microseconds, reads) for every non-empty bucket.
+    pub latency_us: Vec<(u64, u64)>,
+}
+
+impl ImageServer {
+    pub fn new(store: Arc<Store>, images: &Path, cache_bytes: usize) -> Result<Self> {
+        let images = images.canonicalize().map_err(|e| Error::io(images, e))?;
+        Ok(ImageServer {
+            store,
+            images,
+            cache: ChunkCache::new(cache_bytes),
+            identities: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn images_dir(&self) -> &Path {
+        &self.images
+    }
+
+    /// Opens file `name` of the images directory. The boot image is looked
+    /// up at every open, so one imported while mounted is used from the next
+    /// open on.
+    pub fn open(&self, name: &str) -> Result<OpenImage> {
+        let path = self.resolve(name)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!("{name} is not a regular file")));
+        }
+        let index = match self.store.manifest(name) {
+            Ok(manifest) => {
+                if self.identity(name, &path, &meta)? == manifest.identity
+                    && manifest.file_size == meta.len()
+                {
+                    Some(Arc::new(ManifestIndex::new(manifest)))
+                } else {
+                    self.counters
+                        .identity_mismatches
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.warn_once(
+                        name,
+                        "the file no longer matches its boot image; serving it from the file",
+                    );
+                    None
+                }
+            }
+            Err(Error::UnknownVmi(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(OpenImage {
+            name: name.to_string(),
+            file,
+            size: meta.len(),
+            index,
+        })
+    }
+
+    /// `name` inside the images directory, refusing anything that resolves
+    /// outside it (`..`, absolute paths, symlinks pointing out).
+    fn resolve(&self, name: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        let path = self.images.join(name);
+        let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+        if !real.starts_with(&self.images) || real != path {
+            return Err(Error::Invalid(format!(
+                "{name} resolves outside the images directory"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// The file's identity, hashed once per file version (see [`StatKey`]).
+    fn identity(&self, name: &str, path: &Path, meta: &std::fs::Metadata) -> Result<FileIdentity> {
+        let key = StatKey::of(meta);
+        if let Some((k, id)) = self.lock_identities().get(name) {
+            if *k == key {
+                return Ok(*id);
+            }
+        }
+        let id = FileIdentity::of_file(path)?;
+        self.lock_identities().insert(name.to_string(), (key, id));
+        Ok(id)
+    }
+
+    fn lock_identities(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (StatKey, FileIdentity)>> {
+        self.identities.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn warn_once(&self, name: &str, what: &str) {
+        if self
+            .warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{name}\0{what}"))
+        {
+            eprintln!("yolo-store: warning: {name}: {what}");
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`: boot-image blocks from the
+    /// cache, everything else from the file. Short only at end of file.
+    pub fn read(&self, image: &OpenImage, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
+        let started = Instant::now();
+        let end = offset.saturating_add(size as u64).min(image.size);
+        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+        let mut from_file: Vec<Range<u64>> = Vec::new();
+        match &image.index {
+            None => from_file.push(offset..end),
+            Some(index) => self.fill_from_store(image, index, offset, &mut buf, &mut from_file),
+        }
+        for range in &from_file {
+            let dst = &mut buf[(range.start - offset) as usize..(range.end - offset) as usize];
+            image.file.read_exact_at(dst, range.start)?;
+            self.counters
+                .bytes_from_file
+                .fetch_add(dst.len() as u64, Ordering::Relaxed);
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let us = started.elapsed().as_micros().max(1) as u64;
+        let bucket = (63 - us.leading_zeros() as usize).min(23);
+        self.counters.latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    /// Copies the boot image's blocks into `buf` (which holds the file from
+    /// `offset`) and lists the ranges left for the file, merged.
+    fn fill_from_store(
+        &self,
+        image: &OpenImage,
+        index: &ManifestIndex,
+        offset: u64,
+        buf: &mut [u8],
+        from_file: &mut Vec<Range<u64>>,
+    ) {
+        let bs = u64::from(index.manifest().block_size);
+        let end = offset + buf.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let id = at / bs;
+            let piece = at..((id + 1) * bs).min(end);
+            let served = index
+                .block(id)
+                .map(|stream| {
+                    let within = (piece.start - id * bs)..(piece.end - id * bs);
+                    let stream = (stream.start + within.start)..(stream.start + within.end);
+                    let dst =
+                        &mut buf[(piece.start - offset) as usize..(piece.end - offset) as usize];
+                    self.copy_stream(image, index, stream, dst)
+                })
+                .unwrap_or(false);
+            if served {
+                self.counters
+                    .bytes_from_store
+                    .fetch_add(piece.end - piece.start, Ordering::Relaxed);
+            } else {
+                match from_file.last_mut() {
+                    Some(last) if last.end == piece.start => last.end = piece.end,
+                    _ => from_file.push(piece.clone()),
+                }
+            }
+            at = piece.end;
+        }
+    }
+
+    /// Copies `stream` (a range of the block stream) into `dst` from the
+    /// chunks that hold it. False if a chunk is missing or corrupt.
+    fn copy_stream(
+        &self,
+        image: &OpenImage,
+        index: &ManifestIndex,
+        stream: Range<u64>,
+        dst: &mut [u8],
+    ) -> bool {
+        let mut written = 0;
+        for (i, chunk_range) in index.chunks_for(stream.clone()) {
+            let id = index.manifest().chunks[i].id;
+            let data = match self.chunk(&id) {
+                Ok(data) => data,
+                Err(e) => {
+                    self.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
+                    self.warn_once(
+                        &image.name,
+                        &format!("{e}; serving that range from the file"),
+                    );
+                    return false;
+                }
+            };
+            let from = stream.start.max(chunk_range.start) - chunk_range.start;
+            let to = stream.end.min(chunk_range.end) - chunk_range.start;
+            let src = data.get(from as usize..to as usize);
+            let Some(src) = src else { return false };
+            dst[written..written + src.len()].copy_from_slice(src);
+            written += src.len();
+        }
+        written == dst.len()
+    }
+
+    /// A chunk from the cache, or from the store (checked against its id).
+    fn chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        if let Some(data) = self.cache.get(id) {
+            return Ok(data);
+        }
+        let data: Arc<[u8]> = self.store.read_chunk(id)?.into();
+        self.cache.insert(*id, data.clone());
+        Ok(data)
+    }
+
+    /// You Only Load Once: loads an open file's chunks into the cache in
+    /// recorded (first-access) order, decompressing in parallel. Meant to run
+    /// in the background while the VM boots.
+    pub fn preload(&self, image: &OpenImage) {
+        let Some(index) = &image.index else { return };
+        let mut seen = HashSet::new();
+        let ids: Vec<ChunkId> = index
+            .manifest()
+            .chunks
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| seen.insert(*id))
+            .collect();
+        self.counters
+            .preload_total
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        // In recorded order, a window at a time, so the first blocks the VM
+        // needs are loaded first.
+        for window in ids.chunks(256) {
+            window.par_iter().for_each(|id| {
+                if !self.cache.contains(id) {
+                    if let Ok(data) = self.store.read_chunk(id) {
+                        self.cache.insert(*id, data.into());
+                    }
+                }
+                self.counters.preload_done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServeStats {
+            reads: get(&c.reads),
+            bytes_from_store: get(&c.bytes_from_store),
+            bytes_from_file: get(&c.bytes_from_file),
+            chunk_failures: get(&c.chunk_failures),
+            identity_mismatches: get(&c.identity_mismatches),
+            preload_chunks_total: get(&c.preload_total),
+            preload_chunks_done: get(&c.preload_done),
+            cache: self.cache.stats(),
+            latency_us: c
+                .latency_us_log2
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (2u64 << i, get(n)))
+                .filter(|&(_, n)| n > 0)
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! `ls` and `stats`: what each VMI's boot image weighs, what it shares, and
+//! what the whole store saves.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::chunking::Chunking;
+use crate::store::{ChunkInfo, Store};
+use crate::Result;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VmiStats {
+    pub name: String,
+    pub file_size: u64,
+    pub block_size: u32,
+    pub blocks: u64,
+    /// Bytes of boot data (what the VM reads from the boot image).
+    pub logical_bytes: u64,
+    pub chunks: u64,
+    /// Raw bytes of chunks no other VMI references.
+    pub unique_bytes: u64,
+    /// Raw bytes of its distinct chunks that other VMIs reference too.
+    pub shared_bytes: u64,
+    pub identity: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStats {
+    pub chunking: Chunking,
+    pub zstd_level: i32,
+    pub vmis: u64,
+    /// Sum of every VMI's boot data.
+    pub logical_bytes: u64,
+    /// Live chunks (referenced by at least one VMI).
+    pub chunks: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// Unreferenced chunks awaiting gc.
+    pub garbage_chunks: u64,
+    pub garbage_bytes: u64,
+    /// The store directory on disk (RocksDB files, WAL, metadata).
+    pub disk_bytes: u64,
+    /// logical / raw: what deduplication saves.
+    pub dedup_ratio: f64,
+    /// raw / stored: what zstd saves.
+    pub compression_ratio: f64,
+    /// logical / stored.
+    pub total_ratio: f64,
+}
+
+pub fn stats(store: &Store) -> Result<(Vec<VmiStats>, StoreStats)> {
+    let infos: HashMap<_, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
+    let mut vmis = Vec::new();
+    for (name, manifest) in store.manifests()? {
+        let m = manifest?;
+        let mut v = VmiStats {
+            name,
+            file_size: m.file_size,
+            block_size: m.block_size,
+            blocks: m.blocks.len() as u64,
+            logical_bytes: m.stream_len(),
+            chunks: m.chunks.len() as u64,
+            unique_bytes: 0,
+            shared_bytes: 0,
+            identity: m.identity.to_hex(),
+        };
+        let mut seen = HashSet::new();
+        for c in m.chunks.iter().filter(|c| seen.insert(c.id)) {
+            let refs = infos.get(&c.id).map_or(0, |i| i.refs);
+            if refs > 1 {
+                v.shared_bytes += u64::from(c.len);
+            } else {
+                v.unique_bytes += u64::from(c.len);
+            }
+        }
+        vmis.push(v);
+    }
+    let mut s = StoreStats {
+        chunking: store.config().chunking,
+        zstd_level: store.config().zstd_level,
+        vmis: vmis.len() as u64,
+        logical_bytes: vmis.iter().map(|v| v.logical_bytes).sum(),
+        chunks: 0,
+        raw_bytes: 0,
+        stored_bytes: 0,
+        garbage_chunks: 0,
+        garbage_bytes: 0,
+        disk_bytes: store.disk_usage()?,
+        dedup_ratio: 0.0,
+        compression_ratio: 0.0,
+        total_ratio: 0.0,
+    };
+    for info in infos.values() {
+        if info.refs == 0 {
+            s.garbage_chunks += 1;
+            s.garbage_bytes += u64::from(info.stored_len);
+        } else {
+            s.chunks += 1;
+            s.raw_bytes += u64::from(info.raw_len);
+            s.stored_bytes += u64::from(info.stored_len);
+        }
+    }
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    s.dedup_ratio = ratio(s.logical_bytes, s.raw_bytes);
+    s.compression_ratio = ratio(s.raw_bytes, s.stored_bytes);
+    s.total_ratio = ratio(s.logical_bytes, s.stored_bytes);
+    Ok((vmis, s))
+}

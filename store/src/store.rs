@@ -1,0 +1,366 @@
+//! The store: RocksDB on disk, with one column family per kind of record.
+//! docs/design.md gives the keys and values byte by byte.
+//!
+//! - `meta`: `config` -> JSON [`StoreConfig`]; fixed when the store is made.
+//! - `chunks`: chunk id -> encoded chunk (see `codec`); BlobDB keeps these
+//!   4-64 KiB values out of the LSM tree so compaction does not rewrite them.
+//! - `refs`: chunk id -> [`ChunkInfo`] (refcount and sizes). A chunk and its
+//!   refs record are always written and deleted in the same batch.
+//! - `manifests`: VMI name -> encoded [`Manifest`].
+//!
+//! Every change that touches refcounts (import, rm, gc) runs under the
+//! store's write lock and ends in one synced `WriteBatch`, so a crash leaves
+//! the state before or after it, never a manifest without its chunks.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::chunking::{Chunking, FASTCDC_VERSION};
+use crate::codec::decode_chunk;
+use crate::id::ChunkId;
+use crate::manifest::Manifest;
+use crate::{Error, Result};
+
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_CHUNKS: &str = "chunks";
+pub(crate) const CF_REFS: &str = "refs";
+pub(crate) const CF_MANIFESTS: &str = "manifests";
+const CONFIG_KEY: &[u8] = b"config";
+pub const STORE_FORMAT: u32 = 1;
+
+/// What a store was created with. Never changes afterwards: the chunking
+/// decides chunk ids, so mixing two would stop deduplication silently.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    pub format: u32,
+    pub chunking: Chunking,
+    pub zstd_level: i32,
+    pub fastcdc_version: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            format: STORE_FORMAT,
+            chunking: Chunking::default(),
+            zstd_level: 3,
+            fastcdc_version: FASTCDC_VERSION.to_string(),
+        }
+    }
+}
+
+/// The `refs` record of a chunk: how many manifests reference it (0 means
+/// garbage that `gc` may collect) and its raw and stored sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub refs: u64,
+    pub raw_len: u32,
+    pub stored_len: u32,
+}
+
+impl ChunkInfo {
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.refs.to_le_bytes());
+        out[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
+        out[12..].copy_from_slice(&self.stored_len.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        let b: &[u8; 16] = bytes
+            .try_into()
+            .map_err(|_| Error::CorruptStore(format!("refs record of {} bytes", bytes.len())))?;
+        let [r0, r1, r2, r3, r4, r5, r6, r7, a0, a1, a2, a3, s0, s1, s2, s3] = *b;
+        Ok(ChunkInfo {
+            refs: u64::from_le_bytes([r0, r1, r2, r3, r4, r5, r6, r7]),
+            raw_len: u32::from_le_bytes([a0, a1, a2, a3]),
+            stored_len: u32::from_le_bytes([s0, s1, s2, s3]),
+        })
+    }
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    config: StoreConfig,
+    write_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it with `config` if it does not
+    /// exist. An existing store keeps its own config; asking for a different
+    /// one is an error rather than a silent mix.
+    pub fn open_or_create(path: &Path, config: Option<StoreConfig>) -> Result<Self> {
+        if path.join("CURRENT").exists() {
+            let store = Self::open_with(path, false)?;
+            if let Some(wanted) = config {
+                if wanted != store.config {
+                    return Err(Error::StoreConfig {
+                        path: path.to_path_buf(),
+                        why: format!(
+                            "it was created with chunking {} and zstd level {}; a store's settings cannot change",
+                            store.config.chunking, store.config.zstd_level
+                        ),
+                    });
+                }
+            }
+            return Ok(store);
+        }
+        let config = config.unwrap_or_default();
+        config.chunking.validate()?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::io(path, e))?;
+        // A pre-existing empty directory keeps its mode unless we tighten it.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(path, e))?;
+        let db = DB::open_cf_descriptors(&db_options(true), path, cf_descriptors())?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let meta = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| Error::CorruptStore("no meta".into()))?;
+        db.put_cf_opt(meta, CONFIG_KEY, json, &opts)?;
+        drop(db);
+        Self::open_with(path, false)
+    }
+
+    /// Opens an existing store for reading and writing. Only one process can
+    /// do this at a time (RocksDB's lock).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("CURRENT").exists() {
+            return Err(Error::StoreConfig {
+                path: path.to_path_buf(),
+                why: "no store here (import something first, or pass --store)".into(),
+            });
+        }
+        Self::open_with(path, false)
+    }
+
+    /// Opens an existing store read-only: works while another process (a
+    /// mount) holds it for writing, and sees the state as of this call.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.join("CURRENT").exists() {
+            return Err(Error::StoreConfig {
+                path: path.to_path_buf(),
+                why: "no store here (import something first, or pass --store)".into(),
+            });
+        }
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, read_only: bool) -> Result<Self> {
+        let opts = db_options(false);
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
+        } else {
+            DB::open_cf_descriptors(&opts, path, cf_descriptors())?
+        };
+        let meta = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| Error::CorruptStore("no meta column family".into()))?;
+        let raw = db
+            .get_cf(meta, CONFIG_KEY)?
+            .ok_or_else(|| Error::CorruptStore("no config record".into()))?;
+        let config: StoreConfig = serde_json::from_slice(&raw)
+            .map_err(|e| Error::CorruptStore(format!("config: {e}")))?;
+        if config.format != STORE_FORMAT {
+            return Err(Error::StoreConfig {
+                path: path.to_path_buf(),
+                why: format!(
+                    "store format {} is not supported (this build: {STORE_FORMAT})",
+                    config.format
+                ),
+            });
+        }
+        if matches!(config.chunking, Chunking::Fastcdc { .. })
+            && config.fastcdc_version != FASTCDC_VERSION
+        {
+            return Err(Error::StoreConfig {
+                path: path.to_path_buf(),
+                why: format!(
+                    "it was chunked with fastcdc {} but this build has {FASTCDC_VERSION}; boundaries could differ",
+                    config.fastcdc_version
+                ),
+            });
+        }
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+            config,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::CorruptStore(format!("column family {name} is missing")))
+    }
+
+    /// Serialises every change to refcounts; readers never take it.
+    pub(crate) fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    pub fn manifest(&self, name: &str) -> Result<Manifest> {
+        match self.db.get_cf(self.cf(CF_MANIFESTS)?, name.as_bytes())? {
+            Some(bytes) => Manifest::decode(&bytes),
+            None => Err(Error::UnknownVmi(name.to_string())),
+        }
+    }
+
+    /// Names of every VMI with a boot image, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            names.push(String::from_utf8_lossy(&key).into_owned());
+        }
+        Ok(names)
+    }
+
+    /// Every manifest, with its name; a manifest that does not decode is
+    /// returned as an error in place so `verify` can name it.
+    pub fn manifests(&self) -> Result<Vec<(String, Result<Manifest>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            out.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                Manifest::decode(&value),
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn chunk_info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+        self.db
+            .get_cf(self.cf(CF_REFS)?, id.as_bytes())?
+            .map(|v| ChunkInfo::decode(&v))
+            .transpose()
+    }
+
+    /// Every `refs` record.
+    pub fn chunk_infos(&self) -> Result<Vec<(ChunkId, ChunkInfo)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_REFS)?, IteratorMode::Start) {
+            let (key, value) = item?;
+            let id = ChunkId::from_slice(&key)
+                .ok_or_else(|| Error::CorruptStore(format!("refs key of {} bytes", key.len())))?;
+            out.push((id, ChunkInfo::decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// A chunk's raw bytes, checked against its id.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let stored = self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNKS)?, id.as_bytes())?
+            .ok_or(Error::MissingChunk { id: *id })?;
+        decode_chunk(id, &stored)
+    }
+
+    /// Bytes the store's directory takes on disk.
+    pub fn disk_usage(&self) -> Result<u64> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.path, e))?;
+            if let Ok(meta) = entry.metadata() {
+                if meta.is_file() {
+                    total += meta.len();
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Flushes memtables and compacts, so deleted chunks give their space
+    /// back: blob files are rewritten without the dead values.
+    pub(crate) fn compact(&self) -> Result<()> {
+        let chunks = self.cf(CF_CHUNKS)?;
+        self.db
+            .set_options_cf(chunks, &[("blob_garbage_collection_age_cutoff", "1.0")])?;
+        for name in [CF_CHUNKS, CF_REFS, CF_MANIFESTS] {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(cf)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        self.db
+            .set_options_cf(chunks, &[("blob_garbage_collection_age_cutoff", "0.25")])?;
+        Ok(())
+    }
+}
+
+fn db_options(create: bool) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(create);
+    opts.create_missing_column_families(create);
+    opts.set_compression_type(DBCompressionType::None);
+    opts.increase_parallelism(2);
+    opts.set_keep_log_file_num(4);
+    opts
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let plain = || {
+        let mut o = Options::default();
+        o.set_compression_type(DBCompressionType::None);
+        o
+    };
+    let mut chunks = plain();
+    // Chunks are already zstd-compressed: keep them in blob files, compress
+    // nothing twice, and let compaction drop dead blobs.
+    chunks.set_enable_blob_files(true);
+    chunks.set_min_blob_size(0);
+    chunks.set_blob_file_size(256 << 20);
+    chunks.set_blob_compression_type(DBCompressionType::None);
+    chunks.set_enable_blob_gc(true);
+    chunks.set_blob_gc_age_cutoff(0.25);
+    vec![
+        ColumnFamilyDescriptor::new(CF_META, plain()),
+        ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
+        ColumnFamilyDescriptor::new(CF_REFS, plain()),
+        ColumnFamilyDescriptor::new(CF_MANIFESTS, plain()),
+    ]
+}

@@ -1,0 +1,172 @@
+//! Read traces: one `OFFSET LENGTH` pair per line, in time order, decimal or
+//! `0x` hex, `#` starting a comment. Turned into block ids in first-access
+//! order, which is the order a boot image keeps.
+
+use std::collections::HashSet;
+use std::io::BufRead;
+
+use crate::format::block_count;
+use crate::{Error, Result};
+
+/// One read: `length` bytes at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Read {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// Parses a whole trace. Garbage is an error naming its line number.
+pub fn parse_trace(input: impl BufRead) -> Result<Vec<Read>> {
+    let mut reads = Vec::new();
+    for (index, line) in input.lines().enumerate() {
+        let line_no = index + 1;
+        let line = line.map_err(|e| Error::Trace {
+            line: line_no,
+            msg: e.to_string(),
+        })?;
+        if let Some(read) = parse_line(&line).map_err(|msg| Error::Trace { line: line_no, msg })? {
+            reads.push(read);
+        }
+    }
+    Ok(reads)
+}
+
+fn parse_line(line: &str) -> std::result::Result<Option<Read>, String> {
+    let content = line.split('#').next().unwrap_or("").trim();
+    if content.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = content.split_whitespace();
+    let (Some(offset), Some(length), None) = (fields.next(), fields.next(), fields.next()) else {
+        return Err(format!("expected `OFFSET LENGTH`, got {content:?}"));
+    };
+    let offset = parse_number(offset).ok_or_else(|| format!("bad offset {offset:?}"))?;
+    let length = parse_number(length).ok_or_else(|| format!("bad length {length:?}"))?;
+    if offset.checked_add(length).is_none() {
+        return Err("offset + length overflows".into());
+    }
+    Ok(Some(Read { offset, length }))
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Block ids touched by `reads`, each once, in the order first touched.
+/// Reads that run past the end of the file are clipped (a read at EOF is
+/// normal); a read that starts past it means the trace is for another file.
+pub fn blocks_in_access_order(reads: &[Read], file_size: u64, block_size: u32) -> Result<Vec<u64>> {
+    let bs = u64::from(block_size);
+    let n = block_count(file_size, block_size);
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    for (i, read) in reads.iter().enumerate() {
+        if read.offset > file_size {
+            return Err(Error::Invalid(format!(
+                "read {} of the trace starts at {} past the end of the {file_size}-byte file",
+                i + 1,
+                read.offset
+            )));
+        }
+        if read.length == 0 {
+            continue;
+        }
+        let first = read.offset / bs;
+        let last = ((read.offset + read.length - 1) / bs).min(n.saturating_sub(1));
+        for id in first..=last {
+            if id < n && seen.insert(id) {
+                order.push(id);
+            }
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_comments_hex_and_blank_lines() {
+        let text = "# boot of base\n0 4096\n\n0x2000 512 # inode table\n  8192\t100\n";
+        let reads = parse_trace(text.as_bytes()).unwrap();
+        assert_eq!(
+            reads,
+            vec![
+                Read {
+                    offset: 0,
+                    length: 4096
+                },
+                Read {
+                    offset: 0x2000,
+                    length: 512
+                },
+                Read {
+                    offset: 8192,
+                    length: 100
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_names_its_line() {
+        for (text, line) in [
+            ("0 1\nabc 4\n", 2),
+            ("0\n", 1),
+            ("1 2 3\n", 1),
+            ("0 1\n0 -1\n", 2),
+        ] {
+            match parse_trace(text.as_bytes()) {
+                Err(Error::Trace { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_keep_first_access_order() {
+        let reads = [
+            Read {
+                offset: 8192,
+                length: 4096,
+            },
+            Read {
+                offset: 100,
+                length: 5000,
+            },
+            Read {
+                offset: 8192,
+                length: 1,
+            },
+            Read {
+                offset: 9990,
+                length: 100,
+            },
+        ];
+        assert_eq!(
+            blocks_in_access_order(&reads, 10_000, 4096).unwrap(),
+            vec![2, 0, 1]
+        );
+    }
+
+    #[test]
+    fn read_past_end_is_rejected_and_tail_is_clipped() {
+        let past = [Read {
+            offset: 20_000,
+            length: 1,
+        }];
+        assert!(blocks_in_access_order(&past, 10_000, 4096).is_err());
+        let tail = [Read {
+            offset: 9000,
+            length: 1 << 20,
+        }];
+        assert_eq!(
+            blocks_in_access_order(&tail, 10_000, 4096).unwrap(),
+            vec![2]
+        );
+    }
+}

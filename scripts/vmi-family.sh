@@ -67,9 +67,9 @@ for v in "${variants[@]}"; do
         chroot "$vt" apt-get update -q >/dev/null
         # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive chroot "$vt" apt-get install -y -q --no-install-recommends $pkgs >/dev/null
-        chroot "$vt" apt-get clean
         umount "$vt/proc"
     fi
+    chroot "$vt" apt-get clean
     rm -f "$vt/usr/sbin/policy-rc.d" "$vt/.complete"
     rm -rf "$vt/var/lib/apt/lists/"*
     truncate -s "$size" "$name.raw"

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{capture, export, extract, gc, import, init, ls, rm, stats, verify};
+use crate::commands::{
+    capture, export, extract, gc, import, init, ls, mount, record, rm, stats, status, verify,
+};
 
 /// Where the store lives unless --store or YOLO_STORE says otherwise: a
 /// node's dedicated SSD is usually mounted under /var/lib.
@@ -48,4 +50,11 @@ pub enum Command {
     Gc(gc::Args),
     /// Re-hash every chunk and check every reference and refcount.
     Verify(verify::Args),
+    /// Serve a directory of VMIs through FUSE, boot-image blocks from the store.
+    Mount(mount::Args),
+    /// Mount a directory of VMIs pass-through and record a boot image of
+    /// every file read, written on unmount.
+    Record(record::Args),
+    /// Print the counters of a running mount.
+    Status(status::Args),
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod fuse;
 mod human;
 
 use std::process::ExitCode;

@@ -5,27 +5,15 @@ mod common;
 
 use std::fs;
 
-use common::{trace, vmi, Env};
+use common::{boot_blocks, capture_blocks, vmi, Env};
 
 /// Capture a boot image of variant `v`: blocks touched in a scrambled order
 /// that covers most of the shared base and some of its own blocks.
 fn capture(env: &Env, v: u64) -> (String, Vec<u8>) {
-    let name = format!("vmi{v}.qcow2");
-    let data = vmi(&env.path(&name), v, 96, 40);
-    let mut blocks: Vec<u64> = (0..90).map(|i| (i * 7) % 96).collect();
-    blocks.extend((96..130).rev());
-    blocks.push(136); // the short last block
-    trace(&env.path(&format!("{name}.trace")), &blocks);
-    let out = env.path(&format!("{name}.yolo"));
-    env.ok(&[
-        "capture",
-        "--trace",
-        env.path(&format!("{name}.trace")).to_str().unwrap(),
-        env.path(&name).to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    (out.to_str().unwrap().to_string(), data)
+    let path = env.path(&format!("vmi{v}.qcow2"));
+    let data = vmi(&path, v, 96, 40);
+    let yolo = capture_blocks(env, &path, &boot_blocks());
+    (yolo.to_str().unwrap().to_string(), data)
 }
 
 #[test]
@@ -50,10 +38,7 @@ fn extract_equals_the_source_at_every_recorded_block() {
     assert_eq!(extracted.len(), data.len());
     let ls = env.json(&["ls"]);
     assert_eq!(ls[0]["blocks"], 90 + 34 + 1);
-    let mut recorded: Vec<u64> = (0..90).map(|i| (i * 7) % 96).collect();
-    recorded.extend(96..130);
-    recorded.push(136);
-    for b in recorded {
+    for b in boot_blocks() {
         let r = (b as usize * 4096)..((b as usize + 1) * 4096).min(data.len());
         assert_eq!(extracted[r.clone()], data[r], "block {b}");
     }

@@ -1,10 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use yolo_store_core::{import, BootImage, ImportOptions, ImportReport, Store};
 
+use crate::commands::wait_for_writer;
 use crate::human;
 
 #[derive(clap::Args)]
@@ -23,8 +23,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if args.name.is_some() && args.files.len() != 1 {
         anyhow::bail!("--name applies to a single boot image");
     }
-    let store = Store::open_or_create(path, None)
-        .with_context(|| format!("opening store {}", path.display()))?;
+    let store = wait_for_writer(path, || Store::open_or_create(path, None))?;
     let total: u64 = args
         .files
         .iter()

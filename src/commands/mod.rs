@@ -8,8 +8,11 @@ pub mod gc;
 pub mod import;
 pub mod init;
 pub mod ls;
+pub mod mount;
+pub mod record;
 pub mod rm;
 pub mod stats;
+pub mod status;
 pub mod verify;
 
 use std::io::Write;
@@ -35,12 +38,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => rm::run(store, args),
         Command::Gc(args) => gc::run(store, args),
         Command::Verify(args) => verify::run(store, args),
+        Command::Mount(args) => mount::run(store, args),
+        Command::Record(args) => record::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 
 /// Opens the store for a verb that changes it.
 pub fn open_for_writing(path: &Path) -> anyhow::Result<Store> {
-    Store::open(path).with_context(|| format!("opening store {}", path.display()))
+    wait_for_writer(path, || Store::open(path))
+}
+
+/// Runs `open` until no other process holds the store for writing: RocksDB
+/// admits one writer, and two verbs started together should both finish.
+pub fn wait_for_writer(
+    path: &Path,
+    open: impl Fn() -> yolo_store_core::Result<Store>,
+) -> anyhow::Result<Store> {
+    let mut told = false;
+    loop {
+        match open() {
+            Err(yolo_store_core::Error::Busy(_)) => {
+                if !told {
+                    eprintln!("yolo-store: waiting for another process writing the store");
+                    told = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other.with_context(|| format!("opening store {}", path.display())),
+        }
+    }
 }
 
 /// Opens the store for a verb that only reads it; works beside a writer.

@@ -40,6 +40,9 @@ pub enum Error {
     #[error("store at {path} is not usable: {why}")]
     StoreConfig { path: PathBuf, why: String },
 
+    #[error("store at {0} is being changed by another yolo-store process")]
+    Busy(PathBuf),
+
     #[error("RocksDB: {0}")]
     Db(#[from] rocksdb::Error),
 

@@ -14,6 +14,7 @@ mod id;
 mod import;
 mod manifest;
 mod name;
+mod record;
 mod serve;
 mod stats;
 mod store;
@@ -25,13 +26,16 @@ pub use capture::{write_boot_image, CaptureSource};
 pub use chunking::{Chunking, FASTCDC_VERSION};
 pub use error::{Error, Result};
 pub use export::{export, extract, VmiReader};
-pub use format::{block_count, BootImage, BootImageWriter, FileHeader, FileImage};
+pub use format::{
+    block_count, validate_block_size, BootImage, BootImageWriter, FileHeader, FileImage,
+};
 pub use gc::{execute_gc, plan_gc, remove, GcPlan, GcReport};
 pub use id::{ChunkId, FileIdentity};
 pub use import::{import, ImportOptions, ImportReport};
 pub use manifest::{ChunkRef, Manifest, ManifestIndex};
 pub use name::validate_name;
-pub use serve::{ImageServer, OpenImage, ServeStats};
+pub use record::{RecordedFile, Recorder};
+pub use serve::{FileVersion, ImageServer, OpenImage, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, Read};

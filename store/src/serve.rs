@@ -31,7 +31,7 @@ use crate::{Error, Result};
 /// What identifies one version of a file on this node without reading it:
 /// if any of these change, the identity is computed again.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct StatKey {
+pub struct FileVersion {
     dev: u64,
     ino: u64,
     size: u64,
@@ -39,9 +39,9 @@ struct StatKey {
     ctime_ns: i64,
 }
 
-impl StatKey {
+impl FileVersion {
     fn of(meta: &std::fs::Metadata) -> Self {
-        StatKey {
+        FileVersion {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
@@ -57,6 +57,7 @@ pub struct OpenImage {
     pub name: String,
     file: File,
     size: u64,
+    version: FileVersion,
     index: Option<Arc<ManifestIndex>>,
 }
 
@@ -69,13 +70,23 @@ impl OpenImage {
     pub fn has_boot_image(&self) -> bool {
         self.index.is_some()
     }
+
+    /// The boot image this file is served with, if any.
+    pub fn boot_image(&self) -> Option<&Arc<ManifestIndex>> {
+        self.index.as_ref()
+    }
+
+    /// What identifies this version of the file without reading it.
+    pub fn version(&self) -> FileVersion {
+        self.version
+    }
 }
 
 pub struct ImageServer {
     store: Arc<Store>,
     images: PathBuf,
     cache: ChunkCache,
-    identities: Mutex<HashMap<String, (StatKey, FileIdentity)>>,
+    identities: Mutex<HashMap<String, (FileVersion, FileIdentity)>>,
     warned: Mutex<HashSet<String>>,
     counters: Counters,
 }
@@ -132,16 +143,12 @@ impl ImageServer {
     /// up at every open, so one imported while mounted is used from the next
     /// open on.
     pub fn open(&self, name: &str) -> Result<OpenImage> {
-        let path = self.resolve(name)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-        if !meta.is_file() {
-            return Err(Error::Invalid(format!("{name} is not a regular file")));
+        let (file, path) = open_image_file(&self.images, name)?;
+        // See what `import`, `rm` and `gc` committed since the last open.
+        if let Err(e) = self.store.catch_up() {
+            self.warn_once(name, &format!("could not catch up with the store: {e}"));
         }
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let index = match self.store.manifest(name) {
             Ok(manifest) => {
                 if self.identity(name, &path, &meta)? == manifest.identity
@@ -166,27 +173,14 @@ impl ImageServer {
             name: name.to_string(),
             file,
             size: meta.len(),
+            version: FileVersion::of(&meta),
             index,
         })
     }
 
-    /// `name` inside the images directory, refusing anything that resolves
-    /// outside it (`..`, absolute paths, symlinks pointing out).
-    fn resolve(&self, name: &str) -> Result<PathBuf> {
-        validate_name(name)?;
-        let path = self.images.join(name);
-        let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
-        if !real.starts_with(&self.images) || real != path {
-            return Err(Error::Invalid(format!(
-                "{name} resolves outside the images directory"
-            )));
-        }
-        Ok(path)
-    }
-
-    /// The file's identity, hashed once per file version (see [`StatKey`]).
+    /// The file's identity, hashed once per file version (see [`FileVersion`]).
     fn identity(&self, name: &str, path: &Path, meta: &std::fs::Metadata) -> Result<FileIdentity> {
-        let key = StatKey::of(meta);
+        let key = FileVersion::of(meta);
         if let Some((k, id)) = self.lock_identities().get(name) {
             if *k == key {
                 return Ok(*id);
@@ -199,7 +193,7 @@ impl ImageServer {
 
     fn lock_identities(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (StatKey, FileIdentity)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (FileVersion, FileIdentity)>> {
         self.identities.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -317,16 +311,28 @@ impl ImageServer {
         if let Some(data) = self.cache.get(id) {
             return Ok(data);
         }
-        let data: Arc<[u8]> = self.store.read_chunk(id)?.into();
+        let data: Arc<[u8]> = self.load_chunk(id)?.into();
         self.cache.insert(*id, data.clone());
         Ok(data)
+    }
+
+    /// Reads a chunk from the store. A chunk that is missing or unreadable
+    /// may have moved under a compaction since we last caught up with the
+    /// writer: catch up and try once more. A corrupt one is final.
+    fn load_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        match self.store.read_chunk(id) {
+            Err(Error::MissingChunk { .. } | Error::Db(_)) => {
+                self.store.catch_up()?;
+                self.store.read_chunk(id)
+            }
+            other => other,
+        }
     }
 
     /// You Only Load Once: loads an open file's chunks into the cache in
     /// recorded (first-access) order, decompressing in parallel. Meant to run
     /// in the background while the VM boots.
-    pub fn preload(&self, image: &OpenImage) {
-        let Some(index) = &image.index else { return };
+    pub fn preload(&self, index: &ManifestIndex) {
         let mut seen = HashSet::new();
         let ids: Vec<ChunkId> = index
             .manifest()
@@ -343,7 +349,7 @@ impl ImageServer {
         for window in ids.chunks(256) {
             window.par_iter().for_each(|id| {
                 if !self.cache.contains(id) {
-                    if let Ok(data) = self.store.read_chunk(id) {
+                    if let Ok(data) = self.load_chunk(id) {
                         self.cache.insert(*id, data.into());
                     }
                 }
@@ -371,6 +377,141 @@ impl ImageServer {
                 .map(|(i, n)| (2u64 << i, get(n)))
                 .filter(|&(_, n)| n > 0)
                 .collect(),
+        }
+    }
+}
+
+/// Opens regular file `name` of the images directory `images` (canonical),
+/// refusing anything that resolves outside it: `..`, absolute paths, and
+/// symlinks anywhere on the path.
+pub(crate) fn open_image_file(images: &Path, name: &str) -> Result<(File, PathBuf)> {
+    validate_name(name)?;
+    let path = images.join(name);
+    let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+    if real != path {
+        return Err(Error::Invalid(format!(
+            "{name} is or passes through a symlink; only plain files are served"
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!("{name} is not a regular file")));
+    }
+    Ok((file, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{BootImage, FileHeader, FileImage};
+    use crate::import::{import, ImportOptions};
+    use proptest::prelude::*;
+
+    /// A store holding a boot image of `images/vmi` with `blocks` (in that
+    /// order), and a server over it with a cache of `cache` bytes.
+    fn serve(data: &[u8], blocks: &[u64], cache: usize) -> (tempfile::TempDir, ImageServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        std::fs::write(images.join("vmi"), data).unwrap();
+        let header = FileHeader {
+            name: "vmi".into(),
+            file_size: data.len() as u64,
+            identity: FileIdentity::of_file(&images.join("vmi")).unwrap(),
+            blocks: blocks.to_vec(),
+        };
+        let mut block_data = Vec::new();
+        for &b in blocks {
+            let start = b as usize * 4096;
+            block_data.extend_from_slice(&data[start..(start + 4096).min(data.len())]);
+        }
+        let image = BootImage {
+            block_size: 4096,
+            files: vec![FileImage {
+                header,
+                data: block_data,
+            }],
+        };
+        let store = Store::open_or_create(&dir.path().join("store"), None).unwrap();
+        import(&store, &image, &ImportOptions::default()).unwrap();
+        let server = ImageServer::new(Arc::new(store), &images, cache).unwrap();
+        (dir, server)
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 / 7 + i / 4096) as u8).collect()
+    }
+
+    #[test]
+    fn reads_stitch_store_and_file() {
+        let data = content(10 * 4096 + 123);
+        let (_dir, server) = serve(&data, &[7, 2, 10, 3], 1 << 20);
+        let image = server.open("vmi").unwrap();
+        assert!(image.has_boot_image());
+        // Block 2 and 3 from the store, 4 from the file, across both edges.
+        let got = server.read(&image, 2 * 4096 + 5, 3 * 4096).unwrap();
+        assert_eq!(got, &data[2 * 4096 + 5..5 * 4096 + 5]);
+        // The short last block, and a read past the end.
+        let got = server.read(&image, 10 * 4096, 8192).unwrap();
+        assert_eq!(got, &data[10 * 4096..]);
+        assert!(server
+            .read(&image, data.len() as u64 + 1, 10)
+            .unwrap()
+            .is_empty());
+        let stats = server.stats();
+        assert_eq!(stats.bytes_from_store, 2 * 4096 - 5 + 123);
+        assert_eq!(stats.bytes_from_file, 5 + 4096);
+    }
+
+    #[test]
+    fn a_changed_file_is_served_from_itself() {
+        let data = content(4 * 4096);
+        let (dir, server) = serve(&data, &[0, 1], 1 << 20);
+        let changed: Vec<u8> = data.iter().map(|b| b ^ 0xFF).collect();
+        std::fs::write(dir.path().join("images/vmi"), &changed).unwrap();
+        let image = server.open("vmi").unwrap();
+        assert!(!image.has_boot_image());
+        assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);
+        assert_eq!(server.stats().identity_mismatches, 1);
+    }
+
+    #[test]
+    fn names_outside_the_images_directory_are_refused() {
+        let data = content(4096);
+        let (dir, server) = serve(&data, &[0], 1 << 20);
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("images/link")).unwrap();
+        for name in ["../store/CURRENT", "/etc/passwd", "link", "a/../../x", ""] {
+            assert!(server.open(name).is_err(), "{name} was opened");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn every_read_equals_the_file(
+            picks in proptest::collection::vec(0u64..40, 0..40),
+            reads in proptest::collection::vec((0u64..41 * 4096, 1usize..70_000), 1..40),
+            cache in prop_oneof![Just(0usize), Just(64 << 10), Just(1 << 20)],
+        ) {
+            let data = content(40 * 4096 - 77);
+            let mut blocks = Vec::new();
+            for b in picks {
+                if !blocks.contains(&b) {
+                    blocks.push(b);
+                }
+            }
+            let (_dir, server) = serve(&data, &blocks, cache);
+            let image = server.open("vmi").unwrap();
+            for (offset, len) in reads {
+                let start = (offset as usize).min(data.len());
+                let want = &data[start..(start + len).min(data.len())];
+                prop_assert_eq!(server.read(&image, offset, len).unwrap(), want);
+            }
         }
     }
 }

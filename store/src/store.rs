@@ -34,6 +34,8 @@ pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_REFS: &str = "refs";
 pub(crate) const CF_MANIFESTS: &str = "manifests";
 const CONFIG_KEY: &[u8] = b"config";
+/// Subdirectory of the store where each secondary (mount) keeps its logs.
+const SECONDARY_DIR: &str = "secondaries";
 pub const STORE_FORMAT: u32 = 1;
 
 /// What a store was created with. Never changes afterwards: the chunking
@@ -93,6 +95,18 @@ pub struct Store {
     path: PathBuf,
     config: StoreConfig,
     write_lock: Mutex<()>,
+    /// Where a secondary instance keeps its own logs; removed on drop.
+    secondary_dir: Option<PathBuf>,
+}
+
+/// How a process holds the store. RocksDB lets one process write; a mount
+/// follows the writer as a secondary, so `import`, `rm` and `gc` run as
+/// ordinary commands beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Write,
+    ReadOnly,
+    Secondary,
 }
 
 impl Store {
@@ -101,7 +115,7 @@ impl Store {
     /// one is an error rather than a silent mix.
     pub fn open_or_create(path: &Path, config: Option<StoreConfig>) -> Result<Self> {
         if path.join("CURRENT").exists() {
-            let store = Self::open_with(path, false)?;
+            let store = Self::open_with(path, Access::Write)?;
             if let Some(wanted) = config {
                 if wanted != store.config {
                     return Err(Error::StoreConfig {
@@ -134,39 +148,66 @@ impl Store {
             .ok_or_else(|| Error::CorruptStore("no meta".into()))?;
         db.put_cf_opt(meta, CONFIG_KEY, json, &opts)?;
         drop(db);
-        Self::open_with(path, false)
+        Self::open_with(path, Access::Write)
     }
 
     /// Opens an existing store for reading and writing. Only one process can
     /// do this at a time (RocksDB's lock).
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.join("CURRENT").exists() {
-            return Err(Error::StoreConfig {
-                path: path.to_path_buf(),
-                why: "no store here (import something first, or pass --store)".into(),
-            });
-        }
-        Self::open_with(path, false)
+        require_store(path)?;
+        Self::open_with(path, Access::Write)
     }
 
     /// Opens an existing store read-only: works while another process (a
     /// mount) holds it for writing, and sees the state as of this call.
     pub fn open_read_only(path: &Path) -> Result<Self> {
-        if !path.join("CURRENT").exists() {
-            return Err(Error::StoreConfig {
-                path: path.to_path_buf(),
-                why: "no store here (import something first, or pass --store)".into(),
-            });
-        }
-        Self::open_with(path, true)
+        require_store(path)?;
+        Self::open_with(path, Access::ReadOnly)
     }
 
-    fn open_with(path: &Path, read_only: bool) -> Result<Self> {
-        let opts = db_options(false);
-        let db = if read_only {
-            DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
-        } else {
-            DB::open_cf_descriptors(&opts, path, cf_descriptors())?
+    /// Opens an existing store as a RocksDB secondary: it never takes the
+    /// writer's lock, and [`Store::catch_up`] brings it up to date with what
+    /// writers have committed since. This is how a mount follows imports,
+    /// removals and gc without unmounting.
+    pub fn open_secondary(path: &Path) -> Result<Self> {
+        require_store(path)?;
+        Self::open_with(path, Access::Secondary)
+    }
+
+    /// For a secondary: replays what writers committed since the last call.
+    /// A no-op for the other kinds of access.
+    pub fn catch_up(&self) -> Result<()> {
+        if self.secondary_dir.is_some() {
+            self.db.try_catch_up_with_primary()?;
+        }
+        Ok(())
+    }
+
+    fn open_with(path: &Path, access: Access) -> Result<Self> {
+        let mut opts = db_options(false);
+        let mut secondary_dir = None;
+        let db = match access {
+            Access::Write => DB::open_cf_descriptors(&opts, path, cf_descriptors())
+                .map_err(|e| busy_or(path, e))?,
+            Access::ReadOnly => {
+                DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
+            }
+            Access::Secondary => {
+                // Keep every table file open once seen, so a file the writer
+                // deletes (compaction, gc) stays readable until we catch up.
+                opts.set_max_open_files(-1);
+                let dir = path
+                    .join(SECONDARY_DIR)
+                    .join(std::process::id().to_string());
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| Error::io(&dir, e))?;
+                let db = DB::open_cf_descriptors_as_secondary(&opts, path, &dir, cf_descriptors())?;
+                secondary_dir = Some(dir);
+                db
+            }
         };
         let meta = db
             .cf_handle(CF_META)
@@ -201,6 +242,7 @@ impl Store {
             path: path.to_path_buf(),
             config,
             write_lock: Mutex::new(()),
+            secondary_dir,
         })
     }
 
@@ -301,6 +343,16 @@ impl Store {
         decode_chunk(id, &stored)
     }
 
+    /// Testing only: replaces chunk `id`'s stored value with `stored`,
+    /// bypassing every check, to plant the corruption that `verify` and the
+    /// mount must catch.
+    #[doc(hidden)]
+    pub fn overwrite_chunk_value(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), stored);
+        self.write(batch)
+    }
+
     /// Bytes the store's directory takes on disk.
     pub fn disk_usage(&self) -> Result<u64> {
         let mut total = 0;
@@ -329,6 +381,37 @@ impl Store {
         self.db
             .set_options_cf(chunks, &[("blob_garbage_collection_age_cutoff", "0.25")])?;
         Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.secondary_dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn require_store(path: &Path) -> Result<()> {
+    if path.join("CURRENT").exists() {
+        return Ok(());
+    }
+    Err(Error::StoreConfig {
+        path: path.to_path_buf(),
+        why: "no store here (import something first, or pass --store)".into(),
+    })
+}
+
+/// RocksDB reports a held `LOCK` file as an I/O error; name it for what it
+/// is, so a caller can wait for the other writer instead of failing.
+fn busy_or(path: &Path, e: rocksdb::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains("LOCK")
+        && (msg.contains("Resource temporarily unavailable") || msg.contains("lock hold"))
+    {
+        Error::Busy(path.to_path_buf())
+    } else {
+        Error::Db(e)
     }
 }
 

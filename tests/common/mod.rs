@@ -111,3 +111,148 @@ pub fn trace(path: &Path, blocks: &[u64]) {
     }
     std::fs::write(path, text).expect("write trace");
 }
+
+/// A running `yolo-store mount` or `record` process, unmounted on drop.
+pub struct Mount {
+    pub point: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Mount {
+    /// Starts `yolo-store --store STORE VERB --images IMAGES POINT ARGS...`
+    /// and waits until the mount answers.
+    pub fn start(env: &Env, verb: &str, images: &Path, point: &Path, args: &[&str]) -> Mount {
+        std::fs::create_dir_all(point).expect("mountpoint");
+        let child = Command::new(BIN)
+            .arg("--store")
+            .arg(env.store())
+            .arg(verb)
+            .arg("--images")
+            .arg(images)
+            .arg(point)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn mount");
+        let mut mount = Mount {
+            point: point.to_path_buf(),
+            child: Some(child),
+        };
+        for _ in 0..500 {
+            if mount.point.join(".yolo-status").exists() {
+                return mount;
+            }
+            if let Some(status) = mount
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let out = mount
+                    .child
+                    .take()
+                    .expect("child")
+                    .wait_with_output()
+                    .expect("output");
+                panic!(
+                    "mount exited with {status}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("mount at {} did not come up", point.display());
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.point.join(name)
+    }
+
+    /// The mount's counters, from its virtual status file.
+    pub fn status(&self) -> serde_json::Value {
+        let body = std::fs::read(self.point.join(".yolo-status")).expect("status file");
+        serde_json::from_slice(&body).expect("status JSON")
+    }
+
+    /// Unmounts with `umount` (as an operator would) and returns the
+    /// process's output once it has exited.
+    pub fn unmount(mut self) -> Output {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Output {
+        let Some(child) = self.child.take() else {
+            panic!("mount already stopped");
+        };
+        let status = Command::new("umount")
+            .arg(&self.point)
+            .status()
+            .expect("umount");
+        assert!(status.success(), "umount {} failed", self.point.display());
+        let out = child.wait_with_output().expect("mount output");
+        assert!(
+            out.status.success(),
+            "mount exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` of `path` with one pread.
+pub fn pread(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = file
+            .read_at(&mut buf[got..], offset + got as u64)
+            .expect("pread");
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    buf
+}
+
+/// Captures a boot image of `file` holding `blocks` (read in that order)
+/// with `yolo-store capture`; returns the `.yolo` path.
+pub fn capture_blocks(env: &Env, file: &Path, blocks: &[u64]) -> PathBuf {
+    let name = file.file_name().expect("file name").to_string_lossy();
+    let trace_path = env.path(&format!("{name}.trace"));
+    trace(&trace_path, blocks);
+    let out = env.path(&format!("{name}.yolo"));
+    env.ok(&[
+        "capture",
+        "--trace",
+        trace_path.to_str().expect("utf-8 path"),
+        file.to_str().expect("utf-8 path"),
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    out
+}
+
+/// The blocks a test "boot" reads from a [`vmi`] with 96 shared and 40 own
+/// blocks, in time order: most of the base in a scrambled order, then some
+/// of its own blocks backwards, then the short last block.
+pub fn boot_blocks() -> Vec<u64> {
+    let mut blocks: Vec<u64> = (0..90).map(|i| (i * 7) % 96).collect();
+    blocks.extend((96..130).rev());
+    blocks.push(136);
+    blocks
+}

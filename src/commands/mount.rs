@@ -1,0 +1,88 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use yolo_store_core::{ImageServer, Store};
+
+use crate::fuse::{run_mount, MountOptions, Serve};
+use crate::human;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The directory holding the VMI files (backing files) to serve.
+    #[arg(long)]
+    images: PathBuf,
+    /// Where to mount: point a VM's qcow2 overlay at MOUNTPOINT/NAME.
+    mountpoint: PathBuf,
+    /// Bytes of decompressed chunks kept in memory, shared by every VMI
+    /// (suffixes K, M, G).
+    #[arg(long, default_value = "1G", value_parser = human::parse_size)]
+    cache_size: u64,
+    /// Which boot images to load into the cache ahead of reads: each one on
+    /// its file's first open (`open`), every one at mount time (`all`), or
+    /// none.
+    #[arg(long, value_enum, default_value_t = Preload::Open)]
+    preload: Preload,
+    #[command(flatten)]
+    fuse: FuseArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Preload {
+    Open,
+    All,
+    None,
+}
+
+/// Options every mount takes.
+#[derive(clap::Args)]
+pub struct FuseArgs {
+    /// Let users other than the one who mounted use the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// FUSE request loops: a read that waits on the disk holds only its own.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// Kernel read-ahead for the mount, in KiB (the bdi default is 128).
+    #[arg(long, default_value_t = 1024)]
+    read_ahead_kb: u32,
+}
+
+impl FuseArgs {
+    pub fn options(&self) -> MountOptions {
+        MountOptions {
+            allow_other: self.allow_other,
+            threads: self.threads,
+            read_ahead_kb: self.read_ahead_kb,
+        }
+    }
+}
+
+pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let store =
+        Store::open_secondary(path).with_context(|| format!("opening store {}", path.display()))?;
+    let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
+    let server = Arc::new(
+        ImageServer::new(Arc::new(store), &args.images, cache_bytes)
+            .with_context(|| format!("images directory {}", args.images.display()))?,
+    );
+    let backend = Arc::new(Serve::new(server.clone(), args.preload != Preload::None));
+    if args.preload == Preload::All {
+        let loaded = backend.preload_all()?;
+        eprintln!("yolo-store: preloading {loaded} boot image(s) in the background");
+    }
+    let root = server.images_dir().to_path_buf();
+    run_mount(backend, root, &args.mountpoint, &args.fuse.options())?;
+    let stats = server.stats();
+    eprintln!(
+        "yolo-store: unmounted; {} reads, {} from the store, {} from files, cache {} hits / {} misses, {} chunk failures",
+        stats.reads,
+        human::bytes(stats.bytes_from_store),
+        human::bytes(stats.bytes_from_file),
+        stats.cache.hits,
+        stats.cache.misses,
+        stats.chunk_failures,
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,302 @@
+//! The FUSE adapter: exposes the regular files and directories of an images
+//! directory, read-only, and hands every open and read of a file to a
+//! [`Backend`] (serving from the store, or recording). It translates FUSE
+//! calls into library calls and errors into errnos, nothing more.
+
+mod attr;
+mod inodes;
+mod record;
+mod serve;
+mod session;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, Request,
+};
+
+pub use inodes::STATUS_FILE;
+pub use record::Record;
+pub use serve::Serve;
+pub use session::{run_mount, MountOptions};
+
+use attr::{attr_of, status_attr};
+use inodes::{Inodes, STATUS_INO};
+
+/// How long the kernel may cache names and attributes: VMIs do not change
+/// under a running VM, and a second is short enough for an operator.
+const TTL: Duration = Duration::from_secs(1);
+
+/// What a mount does with files: serve them, or record their reads.
+pub trait Backend: Send + Sync + 'static {
+    type Handle: Send + Sync + 'static;
+    fn open(&self, name: &str) -> yolo_store_core::Result<Self::Handle>;
+    fn read(&self, handle: &Self::Handle, offset: u64, size: u32) -> io::Result<Vec<u8>>;
+    /// Kernel page-cache behaviour for a freshly opened file.
+    fn open_flags(&self, handle: &Self::Handle) -> FopenFlags;
+    /// The body of the virtual `.yolo-status` file (JSON).
+    fn status(&self) -> Vec<u8>;
+}
+
+enum Handle<H> {
+    File(Arc<H>),
+    Status(Arc<Vec<u8>>),
+}
+
+pub struct ImagesFs<B: Backend> {
+    backend: Arc<B>,
+    root: PathBuf,
+    inodes: Inodes,
+    handles: RwLock<HashMap<u64, Handle<B::Handle>>>,
+    next_fh: AtomicU64,
+    max_readahead: u32,
+}
+
+impl<B: Backend> ImagesFs<B> {
+    pub fn new(backend: Arc<B>, root: PathBuf, max_readahead: u32) -> Self {
+        ImagesFs {
+            backend,
+            root,
+            inodes: Inodes::default(),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            max_readahead,
+        }
+    }
+
+    fn add_handle(&self, handle: Handle<B::Handle>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, handle);
+        fh
+    }
+
+    /// The attributes of `rel` (relative path), if it is something we serve.
+    fn stat(&self, ino: u64, rel: &str) -> Result<fuser::FileAttr, Errno> {
+        let meta = std::fs::symlink_metadata(self.root.join(rel)).map_err(Errno::from)?;
+        attr_of(ino, &meta).ok_or(Errno::ENOENT)
+    }
+}
+
+impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // The kernel offers at most its bdi's read_ahead_kb here (128 KiB by
+        // default); asking for more fails, so the session raises the bdi
+        // limit after mounting (see `session::set_bdi_read_ahead`).
+        if let Err(offered) = config.set_max_readahead(self.max_readahead) {
+            let _ = config.set_max_readahead(offered);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        if parent.0 == INodeNo::ROOT.0 && name == STATUS_FILE {
+            return reply.entry(&TTL, &status_attr(), Generation(0));
+        }
+        let Some(rel) = self.inodes.child_path(parent.0, name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ino = self.inodes.ino_of(&rel);
+        match self.stat(ino, &rel) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == STATUS_INO {
+            return reply.attr(&TTL, &status_attr());
+        }
+        let Some(rel) = self.inodes.path(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.stat(ino.0, &rel) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        if ino.0 == STATUS_INO {
+            // A snapshot per open, read with direct I/O so its size (0 in
+            // getattr) does not matter.
+            let fh = self.add_handle(Handle::Status(Arc::new(self.backend.status())));
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        let Some(rel) = self.inodes.path(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.backend.open(&rel) {
+            Ok(handle) => {
+                let flags = self.backend.open_flags(&handle);
+                let fh = self.add_handle(Handle::File(Arc::new(handle)));
+                reply.opened(FileHandle(fh), flags);
+            }
+            Err(e) => {
+                eprintln!("yolo-store: open {rel}: {e}");
+                reply.error(errno_of(&e));
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let handle = match self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+        {
+            Some(Handle::File(h)) => Handle::File(h.clone()),
+            Some(Handle::Status(s)) => Handle::Status(s.clone()),
+            None => return reply.error(Errno::EBADF),
+        };
+        match handle {
+            Handle::File(h) => match self.backend.read(&h, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(Errno::from(e)),
+            },
+            Handle::Status(body) => {
+                let start = (offset as usize).min(body.len());
+                let end = (start + size as usize).min(body.len());
+                reply.data(&body[start..end]);
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(rel) = self.inodes.path(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let dir = self.root.join(&rel);
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (
+                self.inodes.parent_ino(ino.0),
+                FileType::Directory,
+                "..".into(),
+            ),
+        ];
+        if ino.0 == INodeNo::ROOT.0 {
+            entries.push((STATUS_INO, FileType::RegularFile, STATUS_FILE.into()));
+        }
+        let listing = match std::fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        let mut names: Vec<(String, FileType)> = listing
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let name = entry.file_name().into_string().ok()?;
+                let kind = entry.file_type().ok()?;
+                let kind = if kind.is_file() {
+                    FileType::RegularFile
+                } else if kind.is_dir() {
+                    FileType::Directory
+                } else {
+                    return None; // symlinks and specials are not served
+                };
+                Some((name, kind))
+            })
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in names {
+            let Some(child) = self.inodes.child_path(ino.0, &name) else {
+                continue;
+            };
+            entries.push((self.inodes.ino_of(&child), kind, name));
+        }
+        for (i, (child_ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child_ino), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix_statvfs(&self.root) {
+            Ok(s) => reply.statfs(s.0, s.1, s.2, s.3, s.4, s.5, 255, s.5),
+            Err(e) => reply.error(Errno::from(e)),
+        }
+    }
+}
+
+/// statvfs of the images directory: (blocks, bfree, bavail, files, ffree, bsize).
+fn nix_statvfs(path: &std::path::Path) -> io::Result<(u64, u64, u64, u64, u64, u32)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        s.f_blocks,
+        s.f_bfree,
+        s.f_bavail,
+        s.f_files,
+        s.f_ffree,
+        s.f_bsize as u32,
+    ))
+}
+
+fn errno_of(e: &yolo_store_core::Error) -> Errno {
+    match e {
+        yolo_store_core::Error::Io { source, .. } => source
+            .raw_os_error()
+            .map(Errno::from_i32)
+            .unwrap_or(Errno::EIO),
+        yolo_store_core::Error::Name { .. } | yolo_store_core::Error::Invalid(_) => Errno::EACCES,
+        _ => Errno::EIO,
+    }
+}

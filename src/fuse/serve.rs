@@ -1,0 +1,109 @@
+//! The serving backend: files come from an [`ImageServer`], which takes
+//! boot-image blocks from the store and everything else from the file.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use fuser::FopenFlags;
+use yolo_store_core::{FileIdentity, FileVersion, ImageServer, OpenImage};
+
+use super::Backend;
+
+pub struct Serve {
+    server: Arc<ImageServer>,
+    /// Per file name, the version last opened and whether it had a boot
+    /// image: the kernel keeps its page cache across opens only while both
+    /// are unchanged.
+    opened: Mutex<HashMap<String, (FileVersion, bool)>>,
+    /// Boot images already preloaded, by file name and identity: You Only
+    /// Load Once, even when a VM opens its backing file several times.
+    preloaded: Mutex<HashMap<String, FileIdentity>>,
+    preload_on_open: bool,
+}
+
+impl Serve {
+    pub fn new(server: Arc<ImageServer>, preload_on_open: bool) -> Self {
+        Serve {
+            server,
+            opened: Mutex::new(HashMap::new()),
+            preloaded: Mutex::new(HashMap::new()),
+            preload_on_open,
+        }
+    }
+
+    /// Starts preloading the boot image of every file of the images
+    /// directory that has one; returns how many.
+    pub fn preload_all(&self) -> yolo_store_core::Result<usize> {
+        let mut started = 0;
+        for name in self.server.store().names()? {
+            match self.server.open(&name) {
+                Ok(image) if image.has_boot_image() => {
+                    self.preload_once(&image);
+                    started += 1;
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("yolo-store: not preloading {name}: {e}"),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts loading `image`'s boot image into the cache in the background,
+    /// unless that boot image was loaded already.
+    fn preload_once(&self, image: &OpenImage) {
+        let Some(index) = image.boot_image() else {
+            return;
+        };
+        let identity = index.manifest().identity;
+        let first = self
+            .preloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.name.clone(), identity)
+            != Some(identity);
+        if first {
+            let (server, index) = (self.server.clone(), index.clone());
+            std::thread::spawn(move || server.preload(&index));
+        }
+    }
+}
+
+impl Backend for Serve {
+    type Handle = OpenImage;
+
+    fn open(&self, name: &str) -> yolo_store_core::Result<OpenImage> {
+        let image = self.server.open(name)?;
+        if self.preload_on_open {
+            self.preload_once(&image);
+        }
+        Ok(image)
+    }
+
+    fn read(&self, image: &OpenImage, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        self.server.read(image, offset, size as usize)
+    }
+
+    /// Buffered reads through the page cache, kept across opens while the
+    /// file is unchanged: a second VM on the same VMI reads its boot blocks
+    /// from the kernel without a round trip to us. A file that changed, or
+    /// gained or lost its boot image, gets its cached pages dropped (no
+    /// FOPEN_KEEP_CACHE on that open).
+    fn open_flags(&self, image: &OpenImage) -> FopenFlags {
+        let state = (image.version(), image.has_boot_image());
+        let previous = self
+            .opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.name.clone(), state);
+        if previous == Some(state) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    fn status(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.server.stats()).unwrap_or_default()
+    }
+}

@@ -109,7 +109,7 @@ mkdir -p "$work/family"
 base=$((40 << 20)); own=$((4 << 20))
 head -c "$base" "$work/plain/vmi.img" > "$work/base.part"
 for v in 1 2 3 4 5; do
-    { cat "$work/base.part"; tail -c $((own * v)) "$work/plain/vmi.img" | head -c "$own"; } > "$work/family/v$v.img"
+    { cat "$work/base.part"; dd if="$work/plain/vmi.img" bs="$own" skip=$((20 + v)) count=1 status=none; } > "$work/family/v$v.img"
     awk -v n=$(((base + own) / 4096)) 'BEGIN { for (i = 0; i < n; i++) print i * 4096, 4096 }' > "$work/t"
     "$bin" capture --trace "$work/t" "$work/family/v$v.img" -o "$work/v$v.yolo" >/dev/null
 done

@@ -61,15 +61,17 @@ for v in "${vmis[@]}"; do
     secs=$(scripts/boot-vm.sh "$mnt/$v")
     echo "$v: booted in ${secs}s through the mount"
 done
-"$bin" status "$mnt" | python3 -c '
+"$bin" status "$mnt" > "$work/status.json"
+python3 - "$work/status.json" <<'PY'
 import json, sys
-s = json.load(sys.stdin)
-print(f"mount: {s[\"reads\"]} reads, {s[\"bytes_from_store\"] >> 20} MiB from the store, "
-      f"{s[\"bytes_from_file\"] >> 20} MiB from files, cache {s[\"cache\"][\"hits\"]} hits / "
-      f"{s[\"cache\"][\"misses\"]} misses, {s[\"chunk_failures\"]} chunk failures")
+s = json.load(open(sys.argv[1]))
+c = s["cache"]
+print(f"mount: {s['reads']} reads, {s['bytes_from_store'] >> 20} MiB from the store, "
+      f"{s['bytes_from_file'] >> 20} MiB from files, cache {c['hits']} hits / {c['misses']} misses, "
+      f"{s['chunk_failures']} chunk failures")
 assert s["bytes_from_store"] > 0, "no boot read came from the store"
 assert s["chunk_failures"] == 0 and s["identity_mismatches"] == 0
-'
+PY
 
 echo "== 5. prove the store"
 "$bin" --store "$store" verify

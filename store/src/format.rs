@@ -284,7 +284,8 @@ impl<R: Read> CheckedReader<R> {
         }
         let mut buf = vec![0u8; len as usize];
         self.read_exact(&mut buf, what)?;
-        self.hasher.update(&buf);
+        // Block data is most of a boot image: hash it on every core.
+        self.hasher.update_rayon(&buf);
         Ok(buf)
     }
 

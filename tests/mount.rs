@@ -26,6 +26,11 @@ fn family(env: &Env, n: u64) -> (PathBuf, Vec<(String, Vec<u8>)>) {
     (images, vmis)
 }
 
+/// `yolo-store mount` of `images` at `env`'s `mnt`, with extra `args`.
+fn serve(env: &Env, images: &Path, args: &[&str]) -> Mount {
+    Mount::start(env, "mount", images, &env.path("mnt"), args)
+}
+
 /// Ranges that start and end inside boot-image blocks, outside them, and
 /// across both, unaligned, plus the end of the file.
 fn ranges(len: u64, seed: u64) -> Vec<(u64, usize)> {
@@ -57,7 +62,7 @@ fn expect(data: &[u8], offset: u64, len: usize) -> &[u8] {
 fn reads_equal_the_files_inside_outside_and_across_boot_blocks() {
     let env = Env::new();
     let (images, vmis) = family(&env, 2);
-    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &[]);
+    let mount = serve(&env, &images, &[]);
     for (i, (name, data)) in vmis.iter().enumerate() {
         assert_eq!(
             fs::metadata(mount.file(name)).unwrap().len(),
@@ -84,13 +89,7 @@ fn sixteen_concurrent_readers_see_exact_bytes() {
     let env = Env::new();
     let (images, vmis) = family(&env, 3);
     // A small cache, so readers also race on eviction and reload.
-    let mount = Mount::start(
-        &env,
-        "mount",
-        &images,
-        &env.path("mnt"),
-        &["--cache-size", "256K"],
-    );
+    let mount = serve(&env, &images, &["--cache-size", "256K"]);
     std::thread::scope(|s| {
         for t in 0..16u64 {
             let (vmis, mount) = (&vmis, &mount);
@@ -129,7 +128,7 @@ fn writes_fail_read_only_and_nothing_outside_is_reachable() {
     let (images, vmis) = family(&env, 1);
     fs::write(env.path("secret"), b"outside").unwrap();
     std::os::unix::fs::symlink(env.path("secret"), images.join("escape")).unwrap();
-    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &[]);
+    let mount = serve(&env, &images, &[]);
     let name = &vmis[0].0;
     let err = fs::OpenOptions::new()
         .write(true)
@@ -188,7 +187,7 @@ fn qemu_img_reads_a_real_qcow2_through_the_mount() {
     }
     let yolo = capture_blocks(&env, &qcow, &unique);
     env.ok(&["import", path(&yolo)]);
-    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &[]);
+    let mount = serve(&env, &images, &[]);
     let info = Command::new("qemu-img")
         .args(["info", "--output=json", path(&mount.file("disk.qcow2"))])
         .output()
@@ -284,13 +283,7 @@ fn import_rm_and_gc_while_mounted() {
     let (images, vmis) = family(&env, 1);
     let late = images.join("late.img");
     let late_data = vmi(&late, 9, 96, 40);
-    let mount = Mount::start(
-        &env,
-        "mount",
-        &images,
-        &env.path("mnt"),
-        &["--preload", "none"],
-    );
+    let mount = serve(&env, &images, &["--preload", "none"]);
     let check = |name: &str, data: &[u8], seed: u64| {
         for (offset, len) in ranges(data.len() as u64, seed) {
             assert_eq!(
@@ -332,7 +325,7 @@ fn a_changed_vmi_is_served_from_the_file() {
     let mut changed = data.clone();
     changed[5 * 4096..6 * 4096].fill(0xAB);
     fs::write(images.join(name), &changed).unwrap();
-    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &[]);
+    let mount = serve(&env, &images, &[]);
     assert_eq!(fs::read(mount.file(name)).unwrap(), changed);
     let status = mount.status();
     assert_eq!(status["bytes_from_store"], 0, "{status}");
@@ -361,13 +354,7 @@ fn a_corrupt_chunk_is_never_served() {
         report.contains(&bad.to_hex()) && report.contains(name),
         "{report}"
     );
-    let mount = Mount::start(
-        &env,
-        "mount",
-        &images,
-        &env.path("mnt"),
-        &["--preload", "none"],
-    );
+    let mount = serve(&env, &images, &["--preload", "none"]);
     assert!(
         fs::read(mount.file(name)).unwrap() == *data,
         "bytes differ from the file"

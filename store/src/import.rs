@@ -180,23 +180,30 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
         current.insert(id, info);
     }
 
+    // First the new chunks, unreferenced (refcount 0) and durable; then,
+    // in one synced batch, the manifests and every refcount change. A crash
+    // in between leaves garbage for gc, never a dangling reference.
     let mut report = ImportReport::default();
-    let mut batch = WriteBatch::default();
     let chunks_cf = store.cf(CF_CHUNKS)?;
+    let mut chunk_batch = WriteBatch::default();
     for (id, stored, raw_len) in &new_chunks {
-        batch.put_cf(chunks_cf, id.as_bytes(), stored);
-        current.insert(
-            *id,
-            ChunkInfo {
-                refs: 0,
-                raw_len: *raw_len,
-                stored_len: stored.len() as u32,
-            },
-        );
+        let info = ChunkInfo {
+            refs: 0,
+            raw_len: *raw_len,
+            stored_len: stored.len() as u32,
+        };
+        chunk_batch.put_cf(chunks_cf, id.as_bytes(), stored);
+        chunk_batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+        current.insert(*id, info);
         report.new_chunks += 1;
         report.new_raw_bytes += u64::from(*raw_len);
         report.new_stored_bytes += stored.len() as u64;
     }
+    if !new_chunks.is_empty() {
+        store.write_unreferenced_chunks(chunk_batch)?;
+    }
+    drop(new_chunks);
+    let mut batch = WriteBatch::default();
     for (id, change) in &delta {
         if *change == 0 {
             continue;

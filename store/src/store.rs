@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -271,6 +271,24 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Writes new chunks and their refs records (refcount 0) straight to
+    /// table and blob files: no WAL, then an atomic flush of both column
+    /// families. Chunk values are written to disk once instead of twice (WAL,
+    /// then blob file), and a reopen has no large WAL to replay. A crash
+    /// before the flush loses them; after it, they are garbage that `gc`
+    /// collects. Callers write what references them afterwards, with
+    /// [`Store::write`].
+    pub(crate) fn write_unreferenced_chunks(&self, batch: WriteBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.db.write_opt(batch, &opts)?;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.db
+            .flush_cfs_opt(&[self.cf(CF_CHUNKS)?, self.cf(CF_REFS)?], &flush)?;
+        Ok(())
+    }
+
     pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
@@ -422,6 +440,9 @@ fn db_options(create: bool) -> Options {
     opts.set_compression_type(DBCompressionType::None);
     opts.increase_parallelism(2);
     opts.set_keep_log_file_num(4);
+    // Chunks and their refs records are flushed together or not at all
+    // (see `write_unreferenced_chunks`).
+    opts.set_atomic_flush(true);
     opts
 }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, IteratorMode, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -461,10 +461,17 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     chunks.set_blob_compression_type(DBCompressionType::None);
     chunks.set_enable_blob_gc(true);
     chunks.set_blob_gc_age_cutoff(0.25);
+    // Every import asks `refs` whether each of its chunks exists, most of
+    // them absent on a first import: a bloom filter answers those without
+    // reading a data block.
+    let mut refs = plain();
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    refs.set_block_based_table_factory(&table);
     vec![
         ColumnFamilyDescriptor::new(CF_META, plain()),
         ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
-        ColumnFamilyDescriptor::new(CF_REFS, plain()),
+        ColumnFamilyDescriptor::new(CF_REFS, refs),
         ColumnFamilyDescriptor::new(CF_MANIFESTS, plain()),
     ]
 }

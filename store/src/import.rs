@@ -125,15 +125,15 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
             current.insert(*id, ChunkInfo::decode(&value)?);
         }
     }
-    let level = store.config().zstd_level;
-    let new_chunks: Vec<(ChunkId, Vec<u8>, u32)> = ids
-        .par_iter()
+    let missing_ids: Vec<ChunkId> = ids
+        .into_iter()
         .filter(|id| !current.contains_key(id))
-        .map(|id| {
-            let raw = raw_of[id];
-            (*id, encode_chunk(raw, level), raw.len() as u32)
-        })
         .collect();
+    // First the new chunks, unreferenced (refcount 0) and durable; then,
+    // in one synced batch, the manifests and every refcount change. A crash
+    // in between leaves garbage for gc, never a dangling reference.
+    let mut report = ImportReport::default();
+    store_new_chunks(store, &missing_ids, &raw_of, &mut current, &mut report)?;
 
     // Refcount = number of manifests that reference a chunk.
     let mut delta: HashMap<ChunkId, i64> = HashMap::new();
@@ -182,31 +182,6 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
         current.insert(id, info);
     }
 
-    // First the new chunks, unreferenced (refcount 0) and durable; then,
-    // in one synced batch, the manifests and every refcount change. A crash
-    // in between leaves garbage for gc, never a dangling reference.
-    let mut report = ImportReport::default();
-    let chunks_cf = store.cf(CF_CHUNKS)?;
-    // Sized up front: growing a batch of a hundred MiB copies it each time.
-    let batch_bytes: usize = new_chunks.iter().map(|(_, v, _)| v.len() + 80).sum();
-    let mut chunk_batch = WriteBatch::with_capacity_bytes(batch_bytes + 64);
-    for (id, stored, raw_len) in &new_chunks {
-        let info = ChunkInfo {
-            refs: 0,
-            raw_len: *raw_len,
-            stored_len: stored.len() as u32,
-        };
-        chunk_batch.put_cf(chunks_cf, id.as_bytes(), stored);
-        chunk_batch.put_cf(refs_cf, id.as_bytes(), info.encode());
-        current.insert(*id, info);
-        report.new_chunks += 1;
-        report.new_raw_bytes += u64::from(*raw_len);
-        report.new_stored_bytes += stored.len() as u64;
-    }
-    if !new_chunks.is_empty() {
-        store.write_unreferenced_chunks(chunk_batch)?;
-    }
-    drop(new_chunks);
     let mut batch = WriteBatch::default();
     for (id, change) in &delta {
         if *change == 0 {
@@ -229,6 +204,121 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
     Ok(report)
 }
 
+/// Compresses and writes the chunks `ids` (which the store lacks), a window
+/// at a time: rayon compresses one window while a writer thread puts the
+/// previous one into RocksDB, so writing hides behind compression. Records
+/// each new chunk's refs record in `current` and its sizes in `report`.
+fn store_new_chunks(
+    store: &Store,
+    ids: &[ChunkId],
+    raw_of: &HashMap<ChunkId, &[u8]>,
+    current: &mut HashMap<ChunkId, ChunkInfo>,
+    report: &mut ImportReport,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    const WINDOW: usize = 2048;
+    let level = store.config().zstd_level;
+    let (chunks_cf, refs_cf) = (store.cf(CF_CHUNKS)?, store.cf(CF_REFS)?);
+    std::thread::scope(|scope| {
+        let (to_writer, windows) = std::sync::mpsc::sync_channel::<WriteBatch>(1);
+        let writer = scope.spawn(move || -> Result<()> {
+            for batch in windows {
+                store.write_unreferenced_chunks(batch)?;
+            }
+            Ok(())
+        });
+        for window in ids.chunks(WINDOW) {
+            let encoded: Vec<(ChunkId, Vec<u8>, u32)> = window
+                .par_iter()
+                .map(|id| {
+                    let raw = raw_of[id];
+                    (*id, encode_chunk(raw, level), raw.len() as u32)
+                })
+                .collect();
+            // Sized up front: growing a large batch copies it each time.
+            let bytes: usize = encoded.iter().map(|(_, v, _)| v.len() + 80).sum();
+            let mut batch = WriteBatch::with_capacity_bytes(bytes);
+            for (id, stored, raw_len) in &encoded {
+                let info = ChunkInfo {
+                    refs: 0,
+                    raw_len: *raw_len,
+                    stored_len: stored.len() as u32,
+                };
+                batch.put_cf(chunks_cf, id.as_bytes(), stored);
+                batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+                current.insert(*id, info);
+                report.new_chunks += 1;
+                report.new_raw_bytes += u64::from(*raw_len);
+                report.new_stored_bytes += stored.len() as u64;
+            }
+            if to_writer.send(batch).is_err() {
+                break; // the writer failed; its error is returned below
+            }
+        }
+        drop(to_writer);
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Invalid("the chunk writer panicked".into())))
+    })?;
+    store.flush_chunks()
+}
+
 pub(crate) fn distinct(manifest: &Manifest) -> HashSet<ChunkId> {
     manifest.chunks.iter().map(|c| c.id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::FileHeader;
+    use crate::id::FileIdentity;
+
+    /// An image of `blocks` distinct pseudo-random 4 KiB blocks, in reverse
+    /// order: enough to take several compression windows.
+    fn image(blocks: u64, seed: u64) -> BootImage {
+        let mut x = seed | 1;
+        let data: Vec<u8> = (0..blocks * 4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 7) as u8 // compressible, never all equal
+            })
+            .collect();
+        BootImage {
+            block_size: 4096,
+            files: vec![FileImage {
+                header: FileHeader {
+                    name: format!("vmi{seed}"),
+                    file_size: blocks * 4096,
+                    identity: FileIdentity([seed as u8; 32]),
+                    blocks: (0..blocks).rev().collect(),
+                },
+                data,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_large_import_stores_every_chunk_once_and_reimport_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(&dir.path().join("s"), None).unwrap();
+        let img = image(5000, 3);
+        let first = import(&store, &img, &ImportOptions::default()).unwrap();
+        assert_eq!(first.new_chunks, 5000);
+        assert!(first.new_stored_bytes < first.new_raw_bytes);
+        let manifest = store.manifest("vmi3").unwrap();
+        let mut stream = Vec::new();
+        for chunk in &manifest.chunks {
+            stream.extend(store.read_chunk(&chunk.id).unwrap());
+        }
+        assert!(stream == img.files[0].data);
+        let again = import(&store, &img, &ImportOptions::default()).unwrap();
+        assert_eq!((again.new_chunks, again.new_raw_bytes), (0, 0));
+        let report = crate::verify::verify(&store).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.chunks, 5000);
+    }
 }

@@ -271,17 +271,22 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes new chunks and their refs records (refcount 0) straight to
-    /// table and blob files: no WAL, then an atomic flush of both column
-    /// families. Chunk values are written to disk once instead of twice (WAL,
-    /// then blob file), and a reopen has no large WAL to replay. A crash
-    /// before the flush loses them; after it, they are garbage that `gc`
-    /// collects. Callers write what references them afterwards, with
-    /// [`Store::write`].
+    /// Writes new chunks and their refs records (refcount 0) without the
+    /// WAL: chunk values go to disk once (blob files at flush) instead of
+    /// twice (WAL, then blob file), and a reopen has no large WAL to replay.
+    /// They are durable only after [`Store::flush_chunks`]; a crash before
+    /// loses them, a crash after leaves garbage that `gc` collects. Callers
+    /// write what references them afterwards, with [`Store::write`].
     pub(crate) fn write_unreferenced_chunks(&self, batch: WriteBatch) -> Result<()> {
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Flushes the `chunks` and `refs` column families atomically (with
+    /// `atomic_flush`, a chunk is never durable without its refs record).
+    pub(crate) fn flush_chunks(&self) -> Result<()> {
         let mut flush = FlushOptions::default();
         flush.set_wait(true);
         self.db

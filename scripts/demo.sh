@@ -31,6 +31,13 @@ export KERNEL_DIR="$family"
 cleanup() { umount "$mnt" 2>/dev/null || true; }
 trap cleanup EXIT
 wait_mounted() { for _ in $(seq 300); do [ -e "$1/.yolo-status" ] && return; sleep 0.1; done; exit 1; }
+# A serving mount hashes its VMIs in the background before it uses their
+# boot images (a changed VMI is never served from a stale boot image).
+wait_verified() {
+    until python3 -c "import json,sys; sys.exit(not json.load(open('$1/.yolo-status'))['startup_verification_done'])"; do
+        sleep 0.2
+    done
+}
 
 echo "== 1. the VMI family ($family)"
 scripts/vmi-family.sh "$family"
@@ -57,6 +64,7 @@ echo "== 4. boot every VMI through the yolo mount"
 "$bin" --store "$store" mount --images "$family" "$mnt" 2> "$work/mount.log" &
 pid=$!
 wait_mounted "$mnt"
+wait_verified "$mnt"
 for v in "${vmis[@]}"; do
     secs=$(scripts/boot-vm.sh "$mnt/$v")
     echo "$v: booted in ${secs}s through the mount"
@@ -70,7 +78,7 @@ print(f"mount: {s['reads']} reads, {s['bytes_from_store'] >> 20} MiB from the st
       f"{s['bytes_from_file'] >> 20} MiB from files, cache {c['hits']} hits / {c['misses']} misses, "
       f"{s['chunk_failures']} chunk failures")
 assert s["bytes_from_store"] > 0, "no boot read came from the store"
-assert s["chunk_failures"] == 0 and s["identity_mismatches"] == 0
+assert s["chunk_failures"] == 0 and s["identity_mismatches"] == 0 and s["unverified_opens"] == 0
 PY
 
 echo "== 5. prove the store"

@@ -275,6 +275,18 @@ fn record_writes_the_boot_image_capture_builds_from_the_same_trace() {
         fs::read(out_dir.join("a.img.yolo")).unwrap() == fs::read(&captured).unwrap(),
         "recorded and captured boot images differ"
     );
+    // The recorded trace is the reads as they were made.
+    let recorded = fs::read_to_string(out_dir.join("a.img.trace")).unwrap();
+    let lines = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        lines(&recorded),
+        lines(&fs::read_to_string(&trace_path).unwrap())
+    );
 }
 
 #[test]
@@ -299,7 +311,12 @@ fn import_rm_and_gc_while_mounted() {
     // Imported while mounted: used from the next open.
     let yolo = capture_blocks(&env, &late, &boot_blocks());
     env.ok(&["import", path(&yolo)]);
+    // The first open after the import starts hashing the file; once its
+    // identity is known, the next open uses the boot image.
     check("late.img", &late_data, 2);
+    mount.wait_verified();
+    assert!(mount.status()["unverified_opens"].as_u64().unwrap() > 0);
+    check("late.img", &late_data, 6);
     let after = mount.status()["bytes_from_store"].as_u64().unwrap();
     assert!(after > before, "the new boot image was not used");
     // Removed and collected while a reader holds the file open.

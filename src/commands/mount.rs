@@ -68,10 +68,11 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("images directory {}", args.images.display()))?,
     );
     let backend = Arc::new(Serve::new(server.clone(), args.preload != Preload::None));
-    if args.preload == Preload::All {
-        let loaded = backend.preload_all()?;
-        eprintln!("yolo-store: preloading {loaded} boot image(s) in the background");
-    }
+    let files = backend.verify_all(args.preload == Preload::All)?;
+    eprintln!(
+        "yolo-store: checking the identity of {files} VMI file(s) with a boot image in the background{}",
+        if args.preload == Preload::All { ", then preloading them" } else { "" }
+    );
     let root = server.images_dir().to_path_buf();
     run_mount(backend, root, &args.mountpoint, &args.fuse.options())?;
     let stats = server.stats();

@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
+
 use fuser::FopenFlags;
-use yolo_store_core::{FileIdentity, FileVersion, ImageServer, OpenImage};
+use yolo_store_core::{FileIdentity, FileVersion, ImageServer, OpenImage, ServeStats};
 
 use super::Backend;
 
@@ -20,6 +23,7 @@ pub struct Serve {
     /// Load Once, even when a VM opens its backing file several times.
     preloaded: Mutex<HashMap<String, FileIdentity>>,
     preload_on_open: bool,
+    verified_at_start: AtomicBool,
 }
 
 impl Serve {
@@ -29,24 +33,8 @@ impl Serve {
             opened: Mutex::new(HashMap::new()),
             preloaded: Mutex::new(HashMap::new()),
             preload_on_open,
+            verified_at_start: AtomicBool::new(false),
         }
-    }
-
-    /// Starts preloading the boot image of every file of the images
-    /// directory that has one; returns how many.
-    pub fn preload_all(&self) -> yolo_store_core::Result<usize> {
-        let mut started = 0;
-        for name in self.server.store().names()? {
-            match self.server.open(&name) {
-                Ok(image) if image.has_boot_image() => {
-                    self.preload_once(&image);
-                    started += 1;
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!("yolo-store: not preloading {name}: {e}"),
-            }
-        }
-        Ok(started)
     }
 
     /// Starts loading `image`'s boot image into the cache in the background,
@@ -67,6 +55,39 @@ impl Serve {
             std::thread::spawn(move || server.preload(&index));
         }
     }
+
+    /// Hashes, in the background, every file of the images directory that
+    /// has a boot image, so that opens by VMs find its identity known; with
+    /// `preload`, then loads each boot image into the cache.
+    pub fn verify_all(self: &Arc<Self>, preload: bool) -> yolo_store_core::Result<usize> {
+        let names = self.server.store().names()?;
+        let count = names.len();
+        let serve = self.clone();
+        std::thread::spawn(move || {
+            for name in names {
+                let verified = serve.server.verify_identity(&name).and_then(|()| {
+                    if preload {
+                        serve.preload_once(&serve.server.open(&name)?);
+                    }
+                    Ok(())
+                });
+                if let Err(e) = verified {
+                    eprintln!("yolo-store: {name}: {e}");
+                }
+            }
+            serve.verified_at_start.store(true, Ordering::Relaxed);
+        });
+        Ok(count)
+    }
+}
+
+/// What `.yolo-status` holds: the server's counters, and whether the
+/// files' identities checked at mount time are all known yet.
+#[derive(Serialize)]
+struct Status {
+    #[serde(flatten)]
+    serve: ServeStats,
+    startup_verification_done: bool,
 }
 
 impl Backend for Serve {
@@ -104,6 +125,10 @@ impl Backend for Serve {
     }
 
     fn status(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(&self.server.stats()).unwrap_or_default()
+        let status = Status {
+            serve: self.server.stats(),
+            startup_verification_done: self.verified_at_start.load(Ordering::Relaxed),
+        };
+        serde_json::to_vec_pretty(&status).unwrap_or_default()
     }
 }

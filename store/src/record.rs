@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::capture::{write_boot_image, CaptureSource};
+use crate::format::write_atomically;
 use crate::serve::open_image_file;
-use crate::trace::Read;
+use crate::trace::{write_trace, Read};
 use crate::{Error, Result};
 
 pub struct Recorder {
@@ -86,7 +87,9 @@ impl Recorder {
         out
     }
 
-    /// Writes `OUTDIR/NAME.yolo` for every file that was read.
+    /// Writes `OUTDIR/NAME.yolo` for every file that was read, and beside it
+    /// `OUTDIR/NAME.trace`: the reads themselves, in arrival order, so the
+    /// boot's I/O can be replayed and `capture` can rebuild the boot image.
     pub fn write_boot_images(&self, outdir: &Path, block_size: u32) -> Result<Vec<PathBuf>> {
         let reads = std::mem::take(&mut *self.reads.lock().unwrap_or_else(|p| p.into_inner()));
         let mut written = Vec::new();
@@ -104,6 +107,15 @@ impl Recorder {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
             write_boot_image(&out, block_size, std::slice::from_ref(&source))?;
+            let trace = outdir.join(format!("{name}.trace"));
+            write_atomically(&trace, |w| {
+                write_trace(
+                    w,
+                    &format!("reads of {name}, in arrival order"),
+                    &reads[&name],
+                )
+                .map_err(|e| Error::io(&trace, e))
+            })?;
             written.push(out);
         }
         Ok(written)

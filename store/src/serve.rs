@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
+use crate::codec::decode_chunk;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::ManifestIndex;
 use crate::name::validate_name;
@@ -86,7 +87,7 @@ pub struct ImageServer {
     store: Arc<Store>,
     images: PathBuf,
     cache: ChunkCache,
-    identities: Mutex<HashMap<String, (FileVersion, FileIdentity)>>,
+    identities: Identities,
     warned: Mutex<HashSet<String>>,
     counters: Counters,
 }
@@ -98,6 +99,7 @@ struct Counters {
     bytes_from_file: AtomicU64,
     chunk_failures: AtomicU64,
     identity_mismatches: AtomicU64,
+    unverified_opens: AtomicU64,
     preload_total: AtomicU64,
     preload_done: AtomicU64,
     /// Read latency, bucket i counts reads that took [2^i, 2^(i+1)) us.
@@ -111,6 +113,11 @@ pub struct ServeStats {
     pub bytes_from_file: u64,
     pub chunk_failures: u64,
     pub identity_mismatches: u64,
+    /// Opens served from the file because the file's identity was still
+    /// being hashed.
+    pub unverified_opens: u64,
+    /// Files whose identity is being hashed now.
+    pub identities_pending: u64,
     pub preload_chunks_total: u64,
     pub preload_chunks_done: u64,
     pub cache: CacheStats,
@@ -125,7 +132,7 @@ impl ImageServer {
             store,
             images,
             cache: ChunkCache::new(cache_bytes),
-            identities: Mutex::new(HashMap::new()),
+            identities: Arc::new(Mutex::new(HashMap::new())),
             warned: Mutex::new(HashSet::new()),
             counters: Counters::default(),
         })
@@ -150,12 +157,13 @@ impl ImageServer {
         }
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let index = match self.store.manifest(name) {
-            Ok(manifest) => {
-                if self.identity(name, &path, &meta)? == manifest.identity
-                    && manifest.file_size == meta.len()
+            Ok(manifest) => match self.known_identity(name, &path, FileVersion::of(&meta)) {
+                Some(identity)
+                    if identity == manifest.identity && manifest.file_size == meta.len() =>
                 {
                     Some(Arc::new(ManifestIndex::new(manifest)))
-                } else {
+                }
+                Some(_) => {
                     self.counters
                         .identity_mismatches
                         .fetch_add(1, Ordering::Relaxed);
@@ -165,7 +173,13 @@ impl ImageServer {
                     );
                     None
                 }
-            }
+                None => {
+                    self.counters
+                        .unverified_opens
+                        .fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
             Err(Error::UnknownVmi(_)) => None,
             Err(e) => return Err(e),
         };
@@ -178,23 +192,45 @@ impl ImageServer {
         })
     }
 
-    /// The file's identity, hashed once per file version (see [`FileVersion`]).
-    fn identity(&self, name: &str, path: &Path, meta: &std::fs::Metadata) -> Result<FileIdentity> {
-        let key = FileVersion::of(meta);
-        if let Some((k, id)) = self.lock_identities().get(name) {
-            if *k == key {
-                return Ok(*id);
+    /// The file's identity if it is known for this version. Otherwise starts
+    /// hashing the file in the background (once per version) and returns
+    /// None: that open is served from the file. An open never waits for a
+    /// whole VMI to be read, which would cost a cold boot more I/O than the
+    /// boot image saves.
+    fn known_identity(
+        &self,
+        name: &str,
+        path: &Path,
+        version: FileVersion,
+    ) -> Option<FileIdentity> {
+        let mut identities = lock(&self.identities);
+        if let Some((v, known)) = identities.get(name) {
+            if *v == version {
+                return *known;
             }
         }
-        let id = FileIdentity::of_file(path)?;
-        self.lock_identities().insert(name.to_string(), (key, id));
-        Ok(id)
+        identities.insert(name.to_string(), (version, None));
+        drop(identities);
+        let (identities, name, path) = (self.identities.clone(), name.to_string(), path.to_owned());
+        std::thread::spawn(move || hash_identity(&identities, &name, &path, version));
+        None
     }
 
-    fn lock_identities(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (FileVersion, FileIdentity)>> {
-        self.identities.lock().unwrap_or_else(|p| p.into_inner())
+    /// Hashes file `name` now, unless its current version's identity is
+    /// known: a mount verifies its VMIs this way before VMs open them.
+    pub fn verify_identity(&self, name: &str) -> Result<()> {
+        let (file, path) = open_image_file(&self.images, name)?;
+        let version = FileVersion::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
+        {
+            let mut identities = lock(&self.identities);
+            if let Some((v, Some(_))) = identities.get(name) {
+                if *v == version {
+                    return Ok(());
+                }
+            }
+            identities.insert(name.to_string(), (version, None));
+        }
+        hash_identity(&self.identities, name, &path, version)
     }
 
     fn warn_once(&self, name: &str, what: &str) {
@@ -346,15 +382,26 @@ impl ImageServer {
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         // In recorded order, a window at a time, so the first blocks the VM
         // needs are loaded first.
+        // Each window is one MultiGet (blob reads sorted by offset), then
+        // decoded and checked on every core.
         for window in ids.chunks(256) {
-            window.par_iter().for_each(|id| {
-                if !self.cache.contains(id) {
-                    if let Ok(data) = self.load_chunk(id) {
+            let wanted: Vec<ChunkId> = window
+                .iter()
+                .filter(|id| !self.cache.contains(id))
+                .copied()
+                .collect();
+            if let Ok(values) = self.store.read_encoded_chunks(&wanted) {
+                wanted.par_iter().zip(values).for_each(|(id, value)| {
+                    // A missing or corrupt chunk is left to the read path,
+                    // which counts it and serves the file.
+                    if let Some(Ok(data)) = value.map(|v| decode_chunk(id, &v)) {
                         self.cache.insert(*id, data.into());
                     }
-                }
-                self.counters.preload_done.fetch_add(1, Ordering::Relaxed);
-            });
+                });
+            }
+            self.counters
+                .preload_done
+                .fetch_add(window.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -367,6 +414,11 @@ impl ImageServer {
             bytes_from_file: get(&c.bytes_from_file),
             chunk_failures: get(&c.chunk_failures),
             identity_mismatches: get(&c.identity_mismatches),
+            unverified_opens: get(&c.unverified_opens),
+            identities_pending: lock(&self.identities)
+                .values()
+                .filter(|(_, known)| known.is_none())
+                .count() as u64,
             preload_chunks_total: get(&c.preload_total),
             preload_chunks_done: get(&c.preload_done),
             cache: self.cache.stats(),
@@ -379,6 +431,38 @@ impl ImageServer {
                 .collect(),
         }
     }
+}
+
+/// Identities of the served files by name: for one version of the file,
+/// known, or None while being hashed.
+type Identities = Arc<Mutex<HashMap<String, (FileVersion, Option<FileIdentity>)>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hashes `path` and records the identity for `version`, unless another
+/// version was seen meanwhile. On error the entry is dropped, so the next
+/// open tries again.
+fn hash_identity(
+    identities: &Mutex<HashMap<String, (FileVersion, Option<FileIdentity>)>>,
+    name: &str,
+    path: &Path,
+    version: FileVersion,
+) -> Result<()> {
+    let result = FileIdentity::of_file(path);
+    let mut identities = lock(identities);
+    if identities.get(name).map(|(v, _)| *v) == Some(version) {
+        match &result {
+            Ok(identity) => {
+                identities.insert(name.to_string(), (version, Some(*identity)));
+            }
+            Err(_) => {
+                identities.remove(name);
+            }
+        }
+    }
+    result.map(|_| ())
 }
 
 /// Opens regular file `name` of the images directory `images` (canonical),
@@ -440,6 +524,7 @@ mod tests {
         let store = Store::open_or_create(&dir.path().join("store"), None).unwrap();
         import(&store, &image, &ImportOptions::default()).unwrap();
         let server = ImageServer::new(Arc::new(store), &images, cache).unwrap();
+        server.verify_identity("vmi").unwrap();
         (dir, server)
     }
 
@@ -474,6 +559,12 @@ mod tests {
         let (dir, server) = serve(&data, &[0, 1], 1 << 20);
         let changed: Vec<u8> = data.iter().map(|b| b ^ 0xFF).collect();
         std::fs::write(dir.path().join("images/vmi"), &changed).unwrap();
+        // Until the new version is hashed, opens are served from the file.
+        let image = server.open("vmi").unwrap();
+        assert!(!image.has_boot_image());
+        assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);
+        assert_eq!(server.stats().unverified_opens, 1);
+        server.verify_identity("vmi").unwrap();
         let image = server.open("vmi").unwrap();
         assert!(!image.has_boot_image());
         assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);

@@ -55,6 +55,20 @@ fn parse_number(s: &str) -> Option<u64> {
     }
 }
 
+/// Writes `reads` as a trace `parse_trace` reads back, one `OFFSET LENGTH`
+/// line each, after a `#` comment line.
+pub fn write_trace(
+    mut out: impl std::io::Write,
+    comment: &str,
+    reads: &[Read],
+) -> std::io::Result<()> {
+    writeln!(out, "# {comment}")?;
+    for read in reads {
+        writeln!(out, "{} {}", read.offset, read.length)?;
+    }
+    Ok(())
+}
+
 /// Block ids touched by `reads`, each once, in the order first touched.
 /// Reads that run past the end of the file are clipped (a read at EOF is
 /// normal); a read that starts past it means the trace is for another file.
@@ -88,6 +102,23 @@ pub fn blocks_in_access_order(reads: &[Read], file_size: u64, block_size: u32) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_traces_parse_back() {
+        let reads = vec![
+            Read {
+                offset: 0,
+                length: 4096,
+            },
+            Read {
+                offset: 1 << 40,
+                length: 7,
+            },
+        ];
+        let mut text = Vec::new();
+        write_trace(&mut text, "boot of base", &reads).unwrap();
+        assert_eq!(parse_trace(&text[..]).unwrap(), reads);
+    }
 
     #[test]
     fn parses_comments_hex_and_blank_lines() {

@@ -140,7 +140,7 @@ impl Mount {
             child: Some(child),
         };
         for _ in 0..500 {
-            if mount.point.join(".yolo-status").exists() {
+            if mount.point.join(".yolo-status").exists() && mount.ready(verb) {
                 return mount;
             }
             if let Some(status) = mount
@@ -162,6 +162,23 @@ impl Mount {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         panic!("mount at {} did not come up", point.display());
+    }
+
+    /// A serving mount is ready once the identities of its VMIs are known
+    /// (it hashes them in the background at start); a record mount at once.
+    fn ready(&self, verb: &str) -> bool {
+        verb != "mount" || self.status()["startup_verification_done"] == true
+    }
+
+    /// Waits until no file's identity is being hashed.
+    pub fn wait_verified(&self) {
+        for _ in 0..500 {
+            if self.status()["identities_pending"] == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("identities still pending: {}", self.status());
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

@@ -108,3 +108,30 @@ fn killed_imports_rms_and_gcs_leave_a_consistent_store() {
         "too few runs were actually killed: {killed}"
     );
 }
+
+#[test]
+fn gc_racing_import_never_collects_a_chunk_the_import_uses() {
+    let env = Env::new();
+    // a and b share their first 6000 blocks (same seed, same content).
+    let a = big_image(&env, "a.img", 3, 8_000);
+    let b = big_image(&env, "b.img", 3, 6_000);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for round in 0..20 {
+        env.ok(&["import", b]);
+        env.ok(&["rm", "b.img"]); // b's chunks are now garbage, refcount 0
+                                  // gc wants them; the import of a wants most of them back.
+        std::thread::scope(|s| {
+            s.spawn(|| env.ok(&["gc"]));
+            s.spawn(|| env.ok(&["import", a]));
+        });
+        let report = env.json(&["verify"]);
+        assert_eq!(report["problems"], serde_json::json!([]), "round {round}");
+        let out = env.path("a.out");
+        env.ok(&["export", "a.img", "-o", out.to_str().unwrap()]);
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(a).unwrap(),
+            "round {round}"
+        );
+        env.ok(&["rm", "a.img"]);
+    }
+}

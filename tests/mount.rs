@@ -380,3 +380,63 @@ fn a_corrupt_chunk_is_never_served() {
     assert!(status["chunk_failures"].as_u64().unwrap() >= 1, "{status}");
     assert!(status["bytes_from_store"].as_u64().unwrap() > 0, "{status}");
 }
+
+#[test]
+fn soak_sixteen_readers_while_import_rm_and_gc_run() {
+    let env = Env::new();
+    let (images, vmis) = family(&env, 4);
+    let yolos: Vec<String> = vmis
+        .iter()
+        .map(|(name, _)| {
+            env.path(&format!("{name}.yolo"))
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mount = serve(&env, &images, &["--cache-size", "512K"]);
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let (reads, bytes) = (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    );
+    std::thread::scope(|s| {
+        for t in 0..16u64 {
+            let (vmis, mount, writing, reads, bytes) = (&vmis, &mount, &writing, &reads, &bytes);
+            s.spawn(move || {
+                let mut round = 0;
+                // At least one pass, and on until the writers are done.
+                while round == 0 || writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (name, data) = &vmis[(t + round) as usize % vmis.len()];
+                    // A fresh open each round, so boot images come and go.
+                    let file = fs::File::open(mount.file(name)).unwrap();
+                    for (offset, len) in ranges(data.len() as u64, t * 1000 + round) {
+                        let mut buf = vec![0u8; len];
+                        let n = read_full(&file, &mut buf, offset);
+                        assert_eq!(
+                            &buf[..n],
+                            expect(data, offset, len),
+                            "{name} {offset}+{len}"
+                        );
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    round += 1;
+                }
+            });
+        }
+        for cycle in 0..5 {
+            let (name, _) = &vmis[cycle % vmis.len()];
+            env.ok(&["rm", name]);
+            env.ok(&["gc"]);
+            env.ok(&["import", &yolos[cycle % vmis.len()]]);
+        }
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
+    env.ok(&["verify"]);
+    eprintln!(
+        "soak: {} reads, {} bytes compared, 0 mismatches",
+        reads.into_inner(),
+        bytes.into_inner()
+    );
+}

@@ -505,6 +505,77 @@ mod tests {
         assert!(err.contains("truncated"), "{err}");
     }
 
+    /// Recomputes the trailer checksum, so a hand-made defect is caught by
+    /// the check meant for it, not by the checksum.
+    fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
+        let body = bytes.len() - TRAILER_LEN as usize;
+        let sum = *blake3::hash(&bytes[..body]).as_bytes();
+        let end = bytes.len();
+        bytes[end - 32..].copy_from_slice(&sum);
+        bytes
+    }
+
+    #[test]
+    fn hostile_fields_with_a_valid_checksum_are_refused_by_name() {
+        // 4000-byte file of 512-byte blocks; blocks 3, 1, 7 (7 is short).
+        let good = encode(&sample(512, 4000, vec![3, 1, 7]));
+        let name_at = 24 + 2;
+        let ids_at = name_at + 10 + 8 + 1 + 32 + 8;
+        let patch = |at: usize, with: &[u8]| {
+            let mut b = good.clone();
+            b[at..at + with.len()].copy_from_slice(with);
+            reseal(b)
+        };
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "dot-dot name",
+                patch(name_at, b"../x.qcow2"),
+                "invalid name",
+            ),
+            (
+                "absolute name",
+                patch(name_at, b"/ase.qcow2"),
+                "invalid name",
+            ),
+            (
+                "NUL in name",
+                patch(name_at, b"base\0qcow2"),
+                "invalid name",
+            ),
+            (
+                "invalid UTF-8",
+                patch(name_at, &[0xff, 0xfe, b'a']),
+                "not UTF-8",
+            ),
+            (
+                "duplicate block",
+                patch(ids_at + 8, &3u64.to_le_bytes()),
+                "appears twice",
+            ),
+            (
+                "block past the end",
+                patch(ids_at, &100u64.to_le_bytes()),
+                "past the end",
+            ),
+            ("future version", patch(8, &2u16.to_le_bytes()), "version 2"),
+            ("zero files", patch(16, &0u32.to_le_bytes()), "file count"),
+            (
+                "odd block size",
+                patch(12, &1000u32.to_le_bytes()),
+                "block size",
+            ),
+            (
+                "unknown identity kind",
+                patch(name_at + 10 + 8, &[9]),
+                "identity kind",
+            ),
+        ];
+        for (what, bytes, expected) in cases {
+            let err = decode(&bytes).unwrap_err().to_string();
+            assert!(err.contains(expected), "{what}: {err}");
+        }
+    }
+
     proptest! {
         #[test]
         fn round_trip(

@@ -57,9 +57,9 @@ fn timed(env: &Env, args: &[&str]) -> Duration {
 #[test]
 fn killed_imports_rms_and_gcs_leave_a_consistent_store() {
     let env = Env::new();
-    // 6000 blocks shared between the two images, the rest their own.
+    // b is a's first 6000 blocks (same seed): rm and gc of a must keep them.
     let a = big_image(&env, "a.img", 1, 12_000);
-    let b = big_image(&env, "b.img", 2, 6_000);
+    let b = big_image(&env, "b.img", 1, 6_000);
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
     env.ok(&["import", b]);
     let full = timed(&env, &["import", a]);
@@ -112,7 +112,7 @@ fn killed_imports_rms_and_gcs_leave_a_consistent_store() {
 #[test]
 fn gc_racing_import_never_collects_a_chunk_the_import_uses() {
     let env = Env::new();
-    // a and b share their first 6000 blocks (same seed, same content).
+    // b is a's first 6000 blocks (same seed, same content).
     let a = big_image(&env, "a.img", 3, 8_000);
     let b = big_image(&env, "b.img", 3, 6_000);
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());

@@ -96,19 +96,29 @@ fn sixteen_concurrent_readers_see_exact_bytes() {
             s.spawn(move || {
                 let (name, data) = &vmis[t as usize % vmis.len()];
                 let file = fs::File::open(mount.file(name)).unwrap();
-                for (offset, len) in ranges(data.len() as u64, 100 + t) {
-                    let mut buf = vec![0u8; len];
-                    let n = read_full(&file, &mut buf, offset);
-                    assert_eq!(
-                        &buf[..n],
-                        expect(data, offset, len),
-                        "{name} {offset}+{len}"
-                    );
-                }
+                check_ranges(&file, name, data, 100 + t);
             });
         }
     });
     assert_eq!(mount.status()["chunk_failures"], 0);
+}
+
+/// Reads every range of `ranges(data.len(), seed)` from `file` and checks
+/// it against `data`; returns the reads done and the bytes compared.
+fn check_ranges(file: &fs::File, name: &str, data: &[u8], seed: u64) -> (u64, u64) {
+    let (mut reads, mut bytes) = (0, 0);
+    for (offset, len) in ranges(data.len() as u64, seed) {
+        let mut buf = vec![0u8; len];
+        let n = read_full(file, &mut buf, offset);
+        assert_eq!(
+            &buf[..n],
+            expect(data, offset, len),
+            "{name} {offset}+{len}"
+        );
+        reads += 1;
+        bytes += n as u64;
+    }
+    (reads, bytes)
 }
 
 fn read_full(file: &fs::File, buf: &mut [u8], offset: u64) -> usize {
@@ -325,11 +335,7 @@ fn import_rm_and_gc_while_mounted() {
     env.ok(&["rm", name]);
     env.ok(&["gc"]);
     env.ok(&["verify"]);
-    for (offset, len) in ranges(data.len() as u64, 3) {
-        let mut buf = vec![0u8; len];
-        let n = read_full(&held, &mut buf, offset);
-        assert_eq!(&buf[..n], expect(data, offset, len));
-    }
+    check_ranges(&held, name, data, 3);
     check(name, data, 4);
     check("late.img", &late_data, 5);
 }
@@ -410,17 +416,9 @@ fn soak_sixteen_readers_while_import_rm_and_gc_run() {
                     let (name, data) = &vmis[(t + round) as usize % vmis.len()];
                     // A fresh open each round, so boot images come and go.
                     let file = fs::File::open(mount.file(name)).unwrap();
-                    for (offset, len) in ranges(data.len() as u64, t * 1000 + round) {
-                        let mut buf = vec![0u8; len];
-                        let n = read_full(&file, &mut buf, offset);
-                        assert_eq!(
-                            &buf[..n],
-                            expect(data, offset, len),
-                            "{name} {offset}+{len}"
-                        );
-                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    let (n, compared) = check_ranges(&file, name, data, t * 1000 + round);
+                    reads.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    bytes.fetch_add(compared, std::sync::atomic::Ordering::Relaxed);
                     round += 1;
                 }
             });

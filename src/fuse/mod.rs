@@ -51,6 +51,16 @@ enum Handle<H> {
     Status(Arc<Vec<u8>>),
 }
 
+// By hand: a derive would require `H: Clone`, but only the Arcs are cloned.
+impl<H> Clone for Handle<H> {
+    fn clone(&self) -> Self {
+        match self {
+            Handle::File(h) => Handle::File(h.clone()),
+            Handle::Status(s) => Handle::Status(s.clone()),
+        }
+    }
+}
+
 pub struct ImagesFs<B: Backend> {
     backend: Arc<B>,
     root: PathBuf,
@@ -171,9 +181,9 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
+            .cloned()
         {
-            Some(Handle::File(h)) => Handle::File(h.clone()),
-            Some(Handle::Status(s)) => Handle::Status(s.clone()),
+            Some(handle) => handle,
             None => return reply.error(Errno::EBADF),
         };
         match handle {

@@ -156,8 +156,9 @@ impl ImageServer {
             self.warn_once(name, &format!("could not catch up with the store: {e}"));
         }
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        let version = FileVersion::of(&meta);
         let index = match self.store.manifest(name) {
-            Ok(manifest) => match self.known_identity(name, &path, FileVersion::of(&meta)) {
+            Ok(manifest) => match self.known_identity(name, &path, version) {
                 Some(identity)
                     if identity == manifest.identity && manifest.file_size == meta.len() =>
                 {
@@ -187,7 +188,7 @@ impl ImageServer {
             name: name.to_string(),
             file,
             size: meta.len(),
-            version: FileVersion::of(&meta),
+            version,
             index,
         })
     }
@@ -203,17 +204,15 @@ impl ImageServer {
         path: &Path,
         version: FileVersion,
     ) -> Option<FileIdentity> {
-        let mut identities = lock(&self.identities);
-        if let Some((v, known)) = identities.get(name) {
-            if *v == version {
-                return *known;
+        match self.claim_identity(name, version) {
+            Some(known) => known,
+            None => {
+                let (identities, name, path) =
+                    (self.identities.clone(), name.to_string(), path.to_owned());
+                std::thread::spawn(move || hash_identity(&identities, &name, &path, version));
+                None
             }
         }
-        identities.insert(name.to_string(), (version, None));
-        drop(identities);
-        let (identities, name, path) = (self.identities.clone(), name.to_string(), path.to_owned());
-        std::thread::spawn(move || hash_identity(&identities, &name, &path, version));
-        None
     }
 
     /// Hashes file `name` now, unless its current version's identity is
@@ -221,16 +220,26 @@ impl ImageServer {
     pub fn verify_identity(&self, name: &str) -> Result<()> {
         let (file, path) = open_image_file(&self.images, name)?;
         let version = FileVersion::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
-        {
-            let mut identities = lock(&self.identities);
-            if let Some((v, Some(_))) = identities.get(name) {
-                if *v == version {
-                    return Ok(());
-                }
-            }
-            identities.insert(name.to_string(), (version, None));
+        match self.claim_identity(name, version) {
+            Some(Some(_)) => Ok(()),
+            // Not known, or being hashed by an open: hash it here and now.
+            _ => hash_identity(&self.identities, name, &path, version),
         }
-        hash_identity(&self.identities, name, &path, version)
+    }
+
+    /// What is recorded of `name`'s identity for `version`: Some(known) if
+    /// that version was seen (known is None while it is being hashed).
+    /// Otherwise records the version as being hashed and returns None: the
+    /// caller hashes it.
+    fn claim_identity(&self, name: &str, version: FileVersion) -> Option<Option<FileIdentity>> {
+        let mut identities = lock(&self.identities);
+        match identities.get(name) {
+            Some((v, known)) if *v == version => Some(*known),
+            _ => {
+                identities.insert(name.to_string(), (version, None));
+                None
+            }
+        }
     }
 
     fn warn_once(&self, name: &str, what: &str) {
@@ -381,9 +390,8 @@ impl ImageServer {
             .preload_total
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         // In recorded order, a window at a time, so the first blocks the VM
-        // needs are loaded first.
-        // Each window is one MultiGet (blob reads sorted by offset), then
-        // decoded and checked on every core.
+        // needs are loaded first. Each window is one MultiGet (blob reads
+        // sorted by offset), then decoded and checked on every core.
         for window in ids.chunks(256) {
             let wanted: Vec<ChunkId> = window
                 .iter()
@@ -435,7 +443,8 @@ impl ImageServer {
 
 /// Identities of the served files by name: for one version of the file,
 /// known, or None while being hashed.
-type Identities = Arc<Mutex<HashMap<String, (FileVersion, Option<FileIdentity>)>>>;
+type IdentityMap = HashMap<String, (FileVersion, Option<FileIdentity>)>;
+type Identities = Arc<Mutex<IdentityMap>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -445,7 +454,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// version was seen meanwhile. On error the entry is dropped, so the next
 /// open tries again.
 fn hash_identity(
-    identities: &Mutex<HashMap<String, (FileVersion, Option<FileIdentity>)>>,
+    identities: &Mutex<IdentityMap>,
     name: &str,
     path: &Path,
     version: FileVersion,

@@ -458,7 +458,7 @@ fn db_options(create: bool) -> Options {
     opts.increase_parallelism(2);
     opts.set_keep_log_file_num(4);
     // Chunks and their refs records are flushed together or not at all
-    // (see `write_unreferenced_chunks`).
+    // (see `flush_chunks`).
     opts.set_atomic_flush(true);
     opts
 }

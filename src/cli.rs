@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    capture, export, extract, gc, import, init, ls, mount, record, rm, stats, status, verify,
+    capture, export, extract, gc, import, init, ls, mount, pull, push, record, rm, stats, status,
+    verify,
 };
 
 /// Where the store lives unless --store or YOLO_STORE says otherwise: a
@@ -48,6 +49,10 @@ pub enum Command {
     Rm(rm::Args),
     /// Delete chunks no boot image references, after printing the plan.
     Gc(gc::Args),
+    /// Upload boot images to a remote (S3, Ceph radosgw): only missing chunks.
+    Push(push::Args),
+    /// Download boot images from a remote: only chunks this store lacks.
+    Pull(pull::Args),
     /// Re-hash every chunk and check every reference and refcount.
     Verify(verify::Args),
     /// Serve a directory of VMIs through FUSE, boot-image blocks from the store.

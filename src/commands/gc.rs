@@ -1,8 +1,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use yolo_store_core::{execute_gc, plan_gc};
+use yolo_store_core::{execute_gc, plan_gc, remote_gc};
 
+use crate::commands::remote::RemoteArgs;
 use crate::commands::{open_for_writing, print_json};
 use crate::human;
 
@@ -13,9 +14,24 @@ pub struct Args {
     dry_run: bool,
     #[arg(long)]
     json: bool,
+    /// Collect a remote (s3://BUCKET[/PREFIX] or file:///DIR) instead of the
+    /// local store: chunks no manifest there references.
+    #[arg(long)]
+    remote: Option<String>,
+    /// With --remote: keep unreferenced chunks younger than this, since
+    /// another node's push may be about to reference them.
+    #[arg(long, default_value = "1h", value_parser = human::parse_duration, requires = "remote")]
+    grace: std::time::Duration,
+    #[arg(long, requires = "remote")]
+    endpoint: Option<String>,
+    #[arg(long, requires = "remote")]
+    region: Option<String>,
 }
 
 pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.remote {
+        return run_remote(url, &args);
+    }
     let store = open_for_writing(path)?;
     let plan = plan_gc(&store)?;
     if !args.json {
@@ -50,6 +66,41 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
+    let remote_args = RemoteArgs {
+        remote: url.to_string(),
+        endpoint: args.endpoint.clone(),
+        region: args.region.clone(),
+        jobs: 32,
+    };
+    let (remote, _) = remote_args.open("gc")?;
+    let report = remote_gc(&remote, args.grace, args.dry_run)?;
+    if args.json {
+        return print_json(&report).map(|()| ExitCode::SUCCESS);
+    }
+    let plan = &report.plan;
+    println!(
+        "remote gc plan for {}: {} unreferenced chunks ({}) older than {} s to delete, \
+         {} younger kept, {} referenced; {} superseded manifest(s)",
+        remote.url(),
+        plan.chunks.len(),
+        human::bytes(plan.bytes),
+        plan.grace_secs,
+        plan.young_chunks,
+        plan.referenced_chunks,
+        plan.manifests.len()
+    );
+    if !args.dry_run {
+        println!(
+            "remote gc done: deleted {} chunks ({}) and {} manifest(s)",
+            report.deleted_chunks,
+            human::bytes(report.deleted_bytes),
+            report.deleted_manifests
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,10 @@ pub mod import;
 pub mod init;
 pub mod ls;
 pub mod mount;
+pub mod pull;
+pub mod push;
 pub mod record;
+pub mod remote;
 pub mod rm;
 pub mod stats;
 pub mod status;
@@ -37,6 +40,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Extract(args) => extract::run(store, args),
         Command::Rm(args) => rm::run(store, args),
         Command::Gc(args) => gc::run(store, args),
+        Command::Push(args) => push::run(store, args),
+        Command::Pull(args) => pull::run(store, args),
         Command::Verify(args) => verify::run(store, args),
         Command::Mount(args) => mount::run(store, args),
         Command::Record(args) => record::run(args),

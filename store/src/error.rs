@@ -46,6 +46,9 @@ pub enum Error {
     #[error("RocksDB: {0}")]
     Db(#[from] rocksdb::Error),
 
+    #[error("remote {remote}: {why}")]
+    Remote { remote: String, why: String },
+
     #[error("{0}")]
     Invalid(String),
 }

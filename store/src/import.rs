@@ -104,7 +104,6 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
     // Held from the existence check to the write: gc cannot delete a chunk
     // this import has decided to reuse instead of storing.
     let _guard = store.write_lock();
-    let refs_cf = store.cf(CF_REFS)?;
 
     // Which chunks does the store lack? Compress those, once each.
     let mut raw_of: HashMap<ChunkId, &[u8]> = HashMap::new();
@@ -113,18 +112,8 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
             raw_of.entry(*id).or_insert(&cut.file.data[range.clone()]);
         }
     }
-    // Sorted, so RocksDB can look them up in key order.
-    let mut ids: Vec<ChunkId> = raw_of.keys().copied().collect();
-    ids.sort_unstable();
-    let mut current: HashMap<ChunkId, ChunkInfo> = HashMap::with_capacity(ids.len());
-    let found = store
-        .db()
-        .batched_multi_get_cf(refs_cf, ids.iter().map(|id| id.as_bytes()), true);
-    for (id, value) in ids.iter().zip(found) {
-        if let Some(value) = value? {
-            current.insert(*id, ChunkInfo::decode(&value)?);
-        }
-    }
+    let ids: Vec<ChunkId> = raw_of.keys().copied().collect();
+    let mut current = chunk_infos_of(store, ids.clone())?;
     let missing_ids: Vec<ChunkId> = ids
         .into_iter()
         .filter(|id| !current.contains_key(id))
@@ -135,28 +124,51 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
     let mut report = ImportReport::default();
     store_new_chunks(store, &missing_ids, &raw_of, &mut current, &mut report)?;
 
+    let manifests: Vec<(String, Manifest)> = cuts
+        .iter()
+        .map(|cut| {
+            let manifest = Manifest {
+                block_size,
+                file_size: cut.file.header.file_size,
+                identity: cut.file.header.identity,
+                blocks: cut.file.header.blocks.clone(),
+                chunks: cut
+                    .chunks
+                    .iter()
+                    .map(|(id, r)| ChunkRef {
+                        id: *id,
+                        len: r.len() as u32,
+                    })
+                    .collect(),
+            };
+            (cut.name.clone(), manifest)
+        })
+        .collect();
+    register_manifests(store, &manifests, &mut current)?;
+    for (name, manifest) in &manifests {
+        report.names.push(name.clone());
+        report.logical_bytes += manifest.stream_len();
+        report.chunks += manifest.chunks.len() as u64;
+    }
+    Ok(report)
+}
+
+/// Registers `manifests` (replacing any of the same name) and applies every
+/// refcount change, in one synced batch. Every chunk they reference must be
+/// stored already; `known` holds the refs records the caller has read or
+/// written, the rest are read here. The caller holds the write lock.
+pub(crate) fn register_manifests(
+    store: &Store,
+    manifests: &[(String, Manifest)],
+    known: &mut HashMap<ChunkId, ChunkInfo>,
+) -> Result<()> {
     // Refcount = number of manifests that reference a chunk.
     let mut delta: HashMap<ChunkId, i64> = HashMap::new();
-    let mut manifests = Vec::with_capacity(cuts.len());
-    for cut in cuts {
-        let manifest = Manifest {
-            block_size,
-            file_size: cut.file.header.file_size,
-            identity: cut.file.header.identity,
-            blocks: cut.file.header.blocks.clone(),
-            chunks: cut
-                .chunks
-                .iter()
-                .map(|(id, r)| ChunkRef {
-                    id: *id,
-                    len: r.len() as u32,
-                })
-                .collect(),
-        };
-        for id in distinct(&manifest) {
+    for (name, manifest) in manifests {
+        for id in distinct(manifest) {
             *delta.entry(id).or_default() += 1;
         }
-        match store.manifest(&cut.name) {
+        match store.manifest(name) {
             Ok(old) => {
                 for id in distinct(&old) {
                     *delta.entry(id).or_default() -= 1;
@@ -165,43 +177,30 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
             Err(Error::UnknownVmi(_)) => {}
             Err(e) => return Err(e),
         }
-        manifests.push((cut.name.clone(), manifest));
     }
-    // Chunks only the replaced manifests referenced are not in `current` yet.
-    let missing: Vec<ChunkId> = delta
-        .keys()
-        .filter(|id| !raw_of.contains_key(id))
-        .copied()
-        .collect();
-    for id in missing {
-        let info = store.chunk_info(&id)?.ok_or_else(|| {
-            Error::CorruptStore(format!(
-                "a stored manifest references chunk {id}, which has no refs record"
-            ))
-        })?;
-        current.insert(id, info);
-    }
-
+    let refs_cf = store.cf(CF_REFS)?;
     let mut batch = WriteBatch::default();
     for (id, change) in &delta {
         if *change == 0 {
             continue;
         }
-        let mut info = current[id];
+        let mut info = match known.get(id) {
+            Some(info) => *info,
+            None => store.chunk_info(id)?.ok_or_else(|| {
+                Error::CorruptStore(format!("chunk {id} is referenced but has no refs record"))
+            })?,
+        };
         info.refs = info.refs.checked_add_signed(*change).ok_or_else(|| {
             Error::CorruptStore(format!("refcount of chunk {id} would go below zero"))
         })?;
         batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+        known.insert(*id, info);
     }
     let manifests_cf = store.cf(CF_MANIFESTS)?;
-    for (name, manifest) in &manifests {
+    for (name, manifest) in manifests {
         batch.put_cf(manifests_cf, name.as_bytes(), manifest.encode());
-        report.names.push(name.clone());
-        report.logical_bytes += manifest.stream_len();
-        report.chunks += manifest.chunks.len() as u64;
     }
-    store.write(batch)?;
-    Ok(report)
+    store.write(batch)
 }
 
 /// Compresses and writes the chunks `ids` (which the store lacks), a window
@@ -220,7 +219,6 @@ fn store_new_chunks(
     }
     const WINDOW: usize = 2048;
     let level = store.config().zstd_level;
-    let (chunks_cf, refs_cf) = (store.cf(CF_CHUNKS)?, store.cf(CF_REFS)?);
     std::thread::scope(|scope| {
         let (to_writer, windows) = std::sync::mpsc::sync_channel::<WriteBatch>(1);
         let writer = scope.spawn(move || -> Result<()> {
@@ -237,22 +235,7 @@ fn store_new_chunks(
                     (*id, encode_chunk(raw, level), raw.len() as u32)
                 })
                 .collect();
-            // Sized up front: growing a large batch copies it each time.
-            let bytes: usize = encoded.iter().map(|(_, v, _)| v.len() + 80).sum();
-            let mut batch = WriteBatch::with_capacity_bytes(bytes);
-            for (id, stored, raw_len) in &encoded {
-                let info = ChunkInfo {
-                    refs: 0,
-                    raw_len: *raw_len,
-                    stored_len: stored.len() as u32,
-                };
-                batch.put_cf(chunks_cf, id.as_bytes(), stored);
-                batch.put_cf(refs_cf, id.as_bytes(), info.encode());
-                current.insert(*id, info);
-                report.new_chunks += 1;
-                report.new_raw_bytes += u64::from(*raw_len);
-                report.new_stored_bytes += stored.len() as u64;
-            }
+            let batch = new_chunks_batch(store, &encoded, current, report)?;
             if to_writer.send(batch).is_err() {
                 break; // the writer failed; its error is returned below
             }
@@ -263,6 +246,56 @@ fn store_new_chunks(
             .unwrap_or_else(|_| Err(Error::Invalid("the chunk writer panicked".into())))
     })?;
     store.flush_chunks()
+}
+
+/// A batch that stores `encoded` chunks `(id, stored value, raw length)`
+/// with refs records of refcount 0, which it also records in `current` and
+/// counts in `report`.
+pub(crate) fn new_chunks_batch(
+    store: &Store,
+    encoded: &[(ChunkId, Vec<u8>, u32)],
+    current: &mut HashMap<ChunkId, ChunkInfo>,
+    report: &mut ImportReport,
+) -> Result<WriteBatch> {
+    let (chunks_cf, refs_cf) = (store.cf(CF_CHUNKS)?, store.cf(CF_REFS)?);
+    // Sized up front: growing a large batch copies it each time.
+    let bytes: usize = encoded.iter().map(|(_, v, _)| v.len() + 80).sum();
+    let mut batch = WriteBatch::with_capacity_bytes(bytes);
+    for (id, stored, raw_len) in encoded {
+        let info = ChunkInfo {
+            refs: 0,
+            raw_len: *raw_len,
+            stored_len: stored.len() as u32,
+        };
+        batch.put_cf(chunks_cf, id.as_bytes(), stored);
+        batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+        current.insert(*id, info);
+        report.new_chunks += 1;
+        report.new_raw_bytes += u64::from(*raw_len);
+        report.new_stored_bytes += stored.len() as u64;
+    }
+    Ok(batch)
+}
+
+/// The refs records of those of `ids` the store holds.
+pub(crate) fn chunk_infos_of(
+    store: &Store,
+    mut ids: Vec<ChunkId>,
+) -> Result<HashMap<ChunkId, ChunkInfo>> {
+    // Sorted, so RocksDB can look them up in key order.
+    ids.sort_unstable();
+    let mut infos = HashMap::with_capacity(ids.len());
+    let found = store.db().batched_multi_get_cf(
+        store.cf(CF_REFS)?,
+        ids.iter().map(|id| id.as_bytes()),
+        true,
+    );
+    for (id, value) in ids.iter().zip(found) {
+        if let Some(value) = value? {
+            infos.insert(*id, ChunkInfo::decode(&value)?);
+        }
+    }
+    Ok(infos)
 }
 
 pub(crate) fn distinct(manifest: &Manifest) -> HashSet<ChunkId> {

@@ -15,6 +15,7 @@ mod import;
 mod manifest;
 mod name;
 mod record;
+mod remote;
 mod serve;
 mod stats;
 mod store;
@@ -35,6 +36,10 @@ pub use import::{import, ImportOptions, ImportReport};
 pub use manifest::{ChunkRef, Manifest, ManifestIndex};
 pub use name::validate_name;
 pub use record::{RecordedFile, Recorder};
+pub use remote::{
+    pull, push, remote_gc, PullFailure, PullReport, PushReport, Remote, RemoteConfig, RemoteGcPlan,
+    RemoteGcReport, RemoteOptions,
+};
 pub use serve::{FileVersion, ImageServer, OpenImage, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};

@@ -1,0 +1,462 @@
+//! The remote: boot images shared between nodes through an object store
+//! that clouds already run (S3: AWS, Ceph's RADOS Gateway; or a directory).
+//! docs/remote.md specifies the layout and the protocol:
+//!
+//! - `yolo-remote.json`: layout version and the chunking every node must use.
+//! - `chunks/<2 hex>/<64 hex>`: a chunk's stored value (as in the local
+//!   store), named by the BLAKE3 of its raw bytes; created, never replaced.
+//! - `manifests/<name>/<64 hex>`: a VMI's manifest, named by the BLAKE3 of
+//!   its bytes; the newest version of a name is the VMI's boot image.
+//! - `locks/<kind>-<id>`: who is pushing, pulling or collecting now.
+//!
+//! Everything is immutable once written, so readers never see half an
+//! object, and order alone makes it consistent: chunks before the manifest
+//! that references them.
+
+mod gc;
+mod lock;
+mod pull;
+mod push;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::chunking::Chunking;
+use crate::id::ChunkId;
+use crate::store::StoreConfig;
+use crate::{Error, Result};
+
+pub use gc::{remote_gc, RemoteGcPlan, RemoteGcReport};
+pub use pull::{pull, PullFailure, PullReport};
+pub use push::{push, PushReport};
+
+const LAYOUT: u32 = 1;
+const CONFIG_KEY: &str = "yolo-remote.json";
+
+/// How to reach a remote. Credentials are not here: they come from the
+/// usual `AWS_*` environment variables (or an instance role), and are never
+/// printed.
+#[derive(Clone)]
+pub struct RemoteOptions {
+    /// S3 endpoint, e.g. `http://127.0.0.1:7480` for a local radosgw
+    /// (default: `AWS_ENDPOINT`, else AWS itself).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Called with (bytes moved so far, bytes to move in all).
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            endpoint: None,
+            region: None,
+            concurrency: 32,
+            progress: None,
+        }
+    }
+}
+
+/// What the remote records about itself; the first push writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteConfig {
+    pub layout: u32,
+    pub chunking: Chunking,
+    pub fastcdc_version: String,
+}
+
+impl RemoteConfig {
+    fn of(store: &StoreConfig) -> Self {
+        RemoteConfig {
+            layout: LAYOUT,
+            chunking: store.chunking,
+            fastcdc_version: store.fastcdc_version.clone(),
+        }
+    }
+
+    /// A new local store made to pull from this remote.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            chunking: self.chunking,
+            fastcdc_version: self.fastcdc_version.clone(),
+            ..StoreConfig::default()
+        }
+    }
+}
+
+/// A connection to one remote (a bucket and prefix, or a directory).
+pub struct Remote {
+    objects: Arc<dyn ObjectStore>,
+    root: String,
+    url: String,
+    options: RemoteOptions,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Remote {
+    /// Opens `s3://BUCKET[/PREFIX]` or `file:///DIR`. Nothing is sent yet.
+    pub fn open(url: &str, options: RemoteOptions) -> Result<Self> {
+        let bad = |why: String| Error::Remote {
+            remote: url.to_string(),
+            why,
+        };
+        let (objects, root): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
+            url.strip_prefix("s3://")
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket in the URL (s3://BUCKET[/PREFIX])".into()));
+            }
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(RetryConfig {
+                    max_retries: 8,
+                    retry_timeout: Duration::from_secs(120),
+                    ..RetryConfig::default()
+                });
+            let endpoint = options
+                .endpoint
+                .clone()
+                .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+            if let Some(endpoint) = endpoint {
+                // A plain-HTTP endpoint is a local gateway the user named.
+                builder = builder
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_endpoint(endpoint);
+            }
+            if let Some(region) = &options.region {
+                builder = builder.with_region(region);
+            }
+            let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
+            (Arc::new(s3), prefix.trim_matches('/').to_string())
+        } else if let Some(dir) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+            (Arc::new(local), String::new())
+        } else {
+            return Err(bad(
+                "a remote is s3://BUCKET[/PREFIX] or file:///DIRECTORY".into()
+            ));
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| bad(format!("starting the I/O runtime: {e}")))?;
+        Ok(Remote {
+            objects,
+            root,
+            url: url.to_string(),
+            options,
+            runtime,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn error(&self, why: impl std::fmt::Display) -> Error {
+        Error::Remote {
+            remote: self.url.clone(),
+            why: why.to_string(),
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.root.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.root))
+        }
+    }
+
+    /// A key relative to the remote's root.
+    fn key_of(&self, path: &ObjectPath) -> String {
+        let full = path.as_ref();
+        if self.root.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(&self.root)
+                .map(|k| k.trim_start_matches('/'))
+                .unwrap_or(full)
+                .to_string()
+        }
+    }
+
+    fn report_progress(&self, done: u64, total: u64) {
+        if let Some(progress) = &self.options.progress {
+            progress(done, total);
+        }
+    }
+
+    /// The remote's config, or `None` when nothing was pushed to it yet.
+    pub fn config(&self) -> Result<Option<RemoteConfig>> {
+        let Some(bytes) = self.runtime.block_on(self.get_if_exists(CONFIG_KEY))? else {
+            return Ok(None);
+        };
+        let config: RemoteConfig =
+            serde_json::from_slice(&bytes).map_err(|e| self.error(format!("{CONFIG_KEY}: {e}")))?;
+        if config.layout != LAYOUT {
+            return Err(self.error(format!(
+                "remote layout {} is not supported (this build: {LAYOUT})",
+                config.layout
+            )));
+        }
+        Ok(Some(config))
+    }
+
+    /// Checks that `store` chunks the way the remote does (they would not
+    /// deduplicate otherwise), writing the remote's config if it has none.
+    fn agree_on_config(&self, store: &StoreConfig, create: bool) -> Result<RemoteConfig> {
+        let ours = RemoteConfig::of(store);
+        let theirs = match self.config()? {
+            Some(config) => config,
+            None if create => {
+                let json = serde_json::to_vec_pretty(&ours).map_err(|e| self.error(e))?;
+                self.runtime
+                    .block_on(self.put_create(CONFIG_KEY, json.into()))?;
+                // Another node may have created it first: read it back.
+                self.config()?
+                    .ok_or_else(|| self.error("its config vanished after being written"))?
+            }
+            None => return Err(self.error("nothing was ever pushed here (no yolo-remote.json)")),
+        };
+        if theirs.chunking != ours.chunking || theirs.fastcdc_version != ours.fastcdc_version {
+            return Err(self.error(format!(
+                "it chunks with {} (fastcdc {}) but this store with {} (fastcdc {}); \
+                 chunks would not deduplicate: use a store made for this remote",
+                theirs.chunking, theirs.fastcdc_version, ours.chunking, ours.fastcdc_version
+            )));
+        }
+        Ok(theirs)
+    }
+
+    async fn get_if_exists(&self, key: &str) -> Result<Option<bytes::Bytes>> {
+        match self.objects.get(&self.path(key)).await {
+            Ok(result) => Ok(Some(result.bytes().await.map_err(|e| self.error(e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<bytes::Bytes> {
+        let result = self
+            .objects
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.error(e))?;
+        result.bytes().await.map_err(|e| self.error(e))
+    }
+
+    /// Creates `key` unless it exists; `Ok(false)` when it already did.
+    async fn put_create(&self, key: &str, payload: PutPayload) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self.objects.put_opts(&self.path(key), payload, opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn put_overwrite(&self, key: &str, payload: PutPayload) -> Result<()> {
+        self.objects
+            .put(&self.path(key), payload)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self.objects.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Every object under `prefix`, with keys relative to the root.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, ObjectMeta)>> {
+        let metas: Vec<ObjectMeta> = self
+            .objects
+            .list(Some(&self.path(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(metas
+            .into_iter()
+            .map(|meta| (self.key_of(&meta.location), meta))
+            .collect())
+    }
+
+    /// Every chunk on the remote, with when it was written. Listed by the
+    /// 256 first-byte prefixes at once, so a large remote lists in parallel.
+    async fn list_chunks(&self) -> Result<HashMap<ChunkId, ChunkObject>> {
+        let prefixes: Vec<String> = (0..=255u8).map(|b| format!("chunks/{b:02x}/")).collect();
+        let listed: Vec<Vec<(String, ObjectMeta)>> = futures::stream::iter(prefixes)
+            .map(|prefix| async move { self.list(&prefix).await })
+            .buffer_unordered(self.options.concurrency)
+            .try_collect()
+            .await?;
+        let mut chunks = HashMap::new();
+        for (key, meta) in listed.into_iter().flatten() {
+            // Anything else under chunks/ is not ours to judge; skip it.
+            if let Some(id) = chunk_id_of_key(&key) {
+                let written = meta.last_modified.into();
+                chunks.insert(
+                    id,
+                    ChunkObject {
+                        written,
+                        size: meta.size,
+                    },
+                );
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// Every manifest version on the remote.
+    async fn list_manifests(&self) -> Result<Vec<ManifestVersion>> {
+        Ok(self
+            .list("manifests/")
+            .await?
+            .into_iter()
+            .filter_map(|(key, meta)| ManifestVersion::parse(&key, &meta))
+            .collect())
+    }
+}
+
+/// What a listing says of a chunk object.
+#[derive(Clone, Copy, Debug)]
+struct ChunkObject {
+    written: SystemTime,
+    size: u64,
+}
+
+fn chunk_key(id: &ChunkId) -> String {
+    let hex = id.to_hex();
+    format!("chunks/{}/{hex}", &hex[..2])
+}
+
+fn chunk_id_of_key(key: &str) -> Option<ChunkId> {
+    let hex = key.strip_prefix("chunks/")?.split_once('/')?.1;
+    hex.parse::<ChunkId>().ok()
+}
+
+/// One object under `manifests/`: a version of a VMI's manifest.
+#[derive(Clone, Debug)]
+struct ManifestVersion {
+    name: String,
+    hash: ChunkId,
+    written: SystemTime,
+}
+
+impl ManifestVersion {
+    fn key(&self) -> String {
+        manifest_key(&self.name, &self.hash)
+    }
+
+    fn parse(key: &str, meta: &ObjectMeta) -> Option<Self> {
+        let (encoded, hex) = key.strip_prefix("manifests/")?.split_once('/')?;
+        Some(ManifestVersion {
+            name: decode_name(encoded)?,
+            hash: hex.parse::<ChunkId>().ok()?,
+            written: meta.last_modified.into(),
+        })
+    }
+
+    /// The order that picks a name's current version: newest written, and
+    /// the larger hash between two written in the same instant. Every node
+    /// applies the same order, so all agree on the winner.
+    fn order(&self) -> (SystemTime, [u8; 32]) {
+        (self.written, self.hash.0)
+    }
+}
+
+/// The current (newest) version of every VMI name.
+fn current_versions(versions: &[ManifestVersion]) -> HashMap<String, ManifestVersion> {
+    let mut current: HashMap<String, ManifestVersion> = HashMap::new();
+    for v in versions {
+        match current.get(&v.name) {
+            Some(have) if have.order() >= v.order() => {}
+            _ => {
+                current.insert(v.name.clone(), v.clone());
+            }
+        }
+    }
+    current
+}
+
+fn manifest_key(name: &str, hash: &ChunkId) -> String {
+    format!("manifests/{}/{}", encode_name(name), hash.to_hex())
+}
+
+/// A VMI name as one path segment every S3 server and object_store accept
+/// unescaped: bytes other than `[A-Za-z0-9._-]` become `=XX`.
+fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_name(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    crate::name::validate_name(&name).ok()?;
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_survive_the_key_encoding() {
+        for name in ["web.qcow2", "a/b c=d+é.img", "x-y_z.0"] {
+            let encoded = encode_name(name);
+            assert!(!encoded.contains('/'));
+            assert_eq!(decode_name(&encoded).as_deref(), Some(name));
+        }
+        assert_eq!(decode_name("=2E=2E"), None, "`..` is not a VMI name");
+        assert_eq!(decode_name("bad=Z1"), None);
+    }
+
+    #[test]
+    fn chunk_keys_round_trip() {
+        let id = ChunkId::of(b"chunk");
+        assert_eq!(chunk_id_of_key(&chunk_key(&id)), Some(id));
+        assert_eq!(chunk_id_of_key("chunks/00/nothex"), None);
+    }
+}

@@ -39,25 +39,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("4096"), Ok(4096));
-        assert_eq!(super::parse_size("64K"), Ok(64 << 10));
-        assert_eq!(super::parse_size("2g"), Ok(2 << 30));
-        assert!(super::parse_size("lots").is_err());
-        assert!(super::parse_size("99999999999G").is_err());
-    }
-
-    #[test]
-    fn units() {
-        assert_eq!(super::bytes(512), "512 B");
-        assert_eq!(super::bytes(1536), "1.5 KiB");
-        assert_eq!(super::bytes(5 << 30), "5.0 GiB");
-    }
-}
-
 /// Parses a duration such as `90s`, `30m`, `1h` or `2d` (a bare number is
 /// seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -75,4 +56,32 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(unit)
         .map(std::time::Duration::from_secs)
         .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(super::parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(super::parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(super::parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert_eq!(super::parse_size("64K"), Ok(64 << 10));
+        assert_eq!(super::parse_size("2g"), Ok(2 << 30));
+        assert!(super::parse_size("lots").is_err());
+        assert!(super::parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(super::bytes(512), "512 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::bytes(5 << 30), "5.0 GiB");
+    }
 }

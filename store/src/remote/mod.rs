@@ -439,7 +439,10 @@ fn decode_name(encoded: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod key_tests {
     use super::*;
 
     #[test]

@@ -1,0 +1,252 @@
+//! The remote protocol against a `file://` remote (object_store's local
+//! backend, with the same create-only puts and listings). The same verbs
+//! run against a real Ceph radosgw in tests/remote.rs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::lock::LockKind;
+use super::*;
+use crate::format::{BootImage, FileHeader, FileImage};
+use crate::id::FileIdentity;
+use crate::import::{import, ImportOptions};
+use crate::store::Store;
+use crate::verify::verify;
+
+/// A one-file boot image: `shared` blocks common to every seed, then
+/// `own` blocks of its own.
+fn image(name: &str, seed: u64, shared: u64, own: u64) -> BootImage {
+    let block = |s: u64, i: u64| -> Vec<u8> {
+        let mut x = s * 1_000_003 + i * 2 + 1; // odd, distinct per block
+        (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 11) as u8
+            })
+            .collect()
+    };
+    let mut data = Vec::new();
+    for i in 0..shared {
+        data.extend(block(0, i));
+    }
+    for i in 0..own {
+        data.extend(block(seed, i));
+    }
+    let n = shared + own;
+    BootImage {
+        block_size: 4096,
+        files: vec![FileImage {
+            header: FileHeader {
+                name: name.to_string(),
+                file_size: n * 4096,
+                identity: FileIdentity([seed as u8; 32]),
+                blocks: (0..n).collect(),
+            },
+            data,
+        }],
+    }
+}
+
+fn store_with(dir: &Path, images: &[BootImage]) -> Store {
+    let store = Store::open_or_create(dir, None).unwrap();
+    for img in images {
+        import(&store, img, &ImportOptions::default()).unwrap();
+    }
+    store
+}
+
+fn remote(dir: &Path) -> Remote {
+    Remote::open(&format!("file://{}", dir.display()), RemoteOptions::default()).unwrap()
+}
+
+/// Every chunk a VMI's manifest references, read back in order.
+fn stream(store: &Store, name: &str) -> Vec<u8> {
+    let manifest = store.manifest(name).unwrap();
+    manifest
+        .chunks
+        .iter()
+        .flat_map(|c| store.read_chunk(&c.id).unwrap())
+        .collect()
+}
+
+#[test]
+fn pull_moves_only_what_the_store_lacks_and_a_second_pull_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(
+        &tmp.path().join("a"),
+        &[image("base", 1, 40, 10), image("web", 2, 40, 12)],
+    );
+    let remote = remote(&tmp.path().join("remote"));
+    let pushed = push(&a, &remote, &[]).unwrap();
+    assert_eq!(pushed.uploaded_chunks, 40 + 10 + 12);
+    assert_eq!(pushed.manifests_uploaded, 2);
+
+    let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(pulled.names, ["base", "web"]);
+    assert_eq!(pulled.downloaded_chunks, 62);
+    for name in ["base", "web"] {
+        assert_eq!(b.manifest(name).unwrap(), a.manifest(name).unwrap());
+        assert!(stream(&b, name) == stream(&a, name));
+    }
+    assert!(verify(&b).unwrap().is_clean());
+
+    let again = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(again.unchanged, ["base", "web"]);
+    assert_eq!(
+        (again.downloaded_chunks, again.downloaded_bytes, again.manifest_bytes),
+        (0, 0, 0)
+    );
+    let repush = push(&a, &remote, &[]).unwrap();
+    assert_eq!((repush.uploaded_chunks, repush.manifests_uploaded), (0, 0));
+
+    // A third VMI on the same base: only its own chunks travel, both ways.
+    import(&a, &image("db", 3, 40, 7), &ImportOptions::default()).unwrap();
+    let third = push(&a, &remote, &["db".to_string()]).unwrap();
+    assert_eq!((third.uploaded_chunks, third.present_chunks), (7, 40));
+    let pulled = pull(&b, &remote, &["db".to_string()]).unwrap();
+    assert_eq!((pulled.downloaded_chunks, pulled.local_chunks), (7, 40));
+    assert!(stream(&b, "db") == stream(&a, "db"));
+    assert!(verify(&b).unwrap().is_clean());
+}
+
+#[test]
+fn a_corrupt_or_missing_remote_chunk_is_refused_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(
+        &tmp.path().join("a"),
+        &[image("base", 1, 20, 5), image("web", 2, 20, 6)],
+    );
+    let dir = tmp.path().join("remote");
+    let remote = remote(&dir);
+    push(&a, &remote, &[]).unwrap();
+    // web's last block is its own: corrupt that chunk on the remote.
+    let web = a.manifest("web").unwrap();
+    let victim = web.chunks.last().unwrap().id;
+    let object = dir.join(chunk_key(&victim));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&object, &bytes).unwrap();
+
+    let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(pulled.names, ["base"], "base does not use the bad chunk");
+    assert_eq!(pulled.failed.len(), 1);
+    assert_eq!(pulled.failed[0].name, "web");
+    assert_eq!(pulled.failed[0].object, chunk_key(&victim));
+    assert!(matches!(b.manifest("web"), Err(Error::UnknownVmi(_))));
+    assert!(b.chunk_info(&victim).unwrap().is_none(), "never stored");
+    assert!(verify(&b).unwrap().is_clean());
+
+    // Missing instead of corrupt: refused the same way.
+    std::fs::remove_file(&object).unwrap();
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(pulled.failed[0].why, "missing on the remote");
+
+    // Once the object is whole again, the pull completes and fetches only
+    // what it had not stored yet.
+    push(&a, &remote, &[]).unwrap();
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!((pulled.names.len(), pulled.downloaded_chunks), (1, 1));
+    assert!(stream(&b, "web") == stream(&a, "web"));
+    assert!(verify(&b).unwrap().is_clean());
+}
+
+#[test]
+fn a_tampered_manifest_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(&tmp.path().join("a"), &[image("base", 1, 4, 4)]);
+    let dir = tmp.path().join("remote");
+    let remote = remote(&dir);
+    push(&a, &remote, &[]).unwrap();
+    let key = manifest_key("base", &ChunkId::of(&a.manifest("base").unwrap().encode()));
+    let mut bytes = std::fs::read(dir.join(&key)).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(dir.join(&key), &bytes).unwrap();
+    let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(pulled.failed[0].object, key);
+    assert!(pulled.names.is_empty());
+    assert!(remote_gc(&remote, Duration::ZERO, true).is_err(), "gc stops");
+}
+
+#[test]
+fn a_new_version_replaces_the_old_and_gc_waits_for_the_grace_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(&tmp.path().join("a"), &[image("web", 1, 10, 5)]);
+    let dir = tmp.path().join("remote");
+    let remote = remote(&dir);
+    push(&a, &remote, &[]).unwrap();
+    // The VMI changes: 5 chunks of the old version are referenced no more.
+    import(&a, &image("web", 2, 10, 3), &ImportOptions::default()).unwrap();
+    push(&a, &remote, &[]).unwrap();
+    let versions = remote.runtime.block_on(remote.list_manifests()).unwrap();
+    assert_eq!(versions.len(), 1, "the superseded version was deleted");
+
+    let kept = remote_gc(&remote, Duration::from_secs(3600), false).unwrap();
+    assert_eq!((kept.plan.young_chunks, kept.deleted_chunks), (5, 0));
+    let collected = remote_gc(&remote, Duration::ZERO, false).unwrap();
+    assert_eq!(collected.deleted_chunks, 5);
+    assert_eq!(collected.plan.referenced_chunks, 13);
+    let left = remote.runtime.block_on(remote.list_chunks()).unwrap();
+    assert_eq!(left.len(), 13);
+
+    let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+    pull(&b, &remote, &[]).unwrap();
+    assert!(stream(&b, "web") == stream(&a, "web"));
+}
+
+#[test]
+fn gc_and_transfers_exclude_each_other_until_a_lock_goes_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(&tmp.path().join("a"), &[image("base", 1, 4, 4)]);
+    let dir = tmp.path().join("remote");
+    let remote = remote(&dir);
+    push(&a, &remote, &[]).unwrap();
+    {
+        let _gc = remote.lock(LockKind::Gc).unwrap();
+        let busy = push(&a, &remote, &[]).unwrap_err().to_string();
+        assert!(busy.contains("busy") && busy.contains("locks/gc-"), "{busy}");
+        let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+        assert!(pull(&b, &remote, &[]).is_err());
+    }
+    {
+        let _push = remote.lock(LockKind::Push).unwrap();
+        let _pull = remote.lock(LockKind::Pull).unwrap(); // shared
+        assert!(remote_gc(&remote, Duration::ZERO, true).is_err());
+    }
+    // A lock its process left behind stops gc only until it goes stale.
+    let dead = remote.lock(LockKind::Push).unwrap();
+    std::mem::forget(dead);
+    assert!(remote_gc(&remote, Duration::ZERO, true).is_err());
+    for entry in std::fs::read_dir(dir.join("locks")).unwrap() {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(entry.unwrap().path())
+            .unwrap();
+        let old = std::time::SystemTime::now() - lock::TTL - Duration::from_secs(60);
+        file.set_modified(old).unwrap();
+    }
+    remote_gc(&remote, Duration::ZERO, true).unwrap();
+    assert_eq!(std::fs::read_dir(dir.join("locks")).unwrap().count(), 0);
+}
+
+#[test]
+fn stores_that_chunk_differently_do_not_mix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(&tmp.path().join("a"), &[image("base", 1, 4, 4)]);
+    let remote = remote(&tmp.path().join("remote"));
+    push(&a, &remote, &[]).unwrap();
+    let other = StoreConfig {
+        chunking: Chunking::Fixed { size: 16384 },
+        ..StoreConfig::default()
+    };
+    let b = Store::open_or_create(&tmp.path().join("b"), Some(other)).unwrap();
+    let err = pull(&b, &remote, &[]).unwrap_err().to_string();
+    assert!(err.contains("would not deduplicate"), "{err}");
+    let unknown = pull(&a, &remote, &["nope".to_string()]).unwrap_err();
+    assert!(unknown.to_string().contains("no boot image named \"nope\""));
+}

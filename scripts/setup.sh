@@ -3,8 +3,15 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
+# Arguments add packages; `ceph` stands for a single-node Ceph with its
+# object gateway (the remote tests, scripts/ceph-rgw.sh).
 packages=(clang libclang-dev fuse3 zstd)
-packages+=("$@")
+for arg in "$@"; do
+    case $arg in
+    ceph) packages+=(ceph-mon ceph-osd radosgw ceph-common curl) ;;
+    *) packages+=("$arg") ;;
+    esac
+done
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,7 +4,8 @@
 //! S3 and radosgw, of two takers that overlap at least one sees the other,
 //! so a gc and a push never both go ahead. A holder rewrites its lock every
 //! `REFRESH`; a lock not rewritten for `TTL` belongs to a dead process and
-//! is ignored (and removed by gc). Ages are measured on the server's clock:
+//! is ignored and removed, as is at once a lock whose process, on this
+//! host, has exited. Ages are measured on the server's clock:
 //! against the Last-Modified of the taker's own fresh lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,15 +86,15 @@ impl Remote {
                 let age = now
                     .duration_since(meta.last_modified.into())
                     .unwrap_or_default();
-                if age > TTL {
-                    if kind == LockKind::Gc {
-                        self.delete(&other).await?; // its holder died
-                    }
+                let conflicting = kind == LockKind::Gc || other.starts_with("locks/gc-");
+                if !conflicting {
                     continue;
                 }
-                if kind == LockKind::Gc || other.starts_with("locks/gc-") {
-                    conflicts.push(other);
+                if age > TTL || self.holder_is_dead_here(&other, &host).await {
+                    self.delete(&other).await?;
+                    continue;
                 }
+                conflicts.push(other);
             }
             if !conflicts.is_empty() {
                 self.delete(&key).await?;
@@ -126,6 +127,24 @@ impl Remote {
             last_written,
             refresher,
         })
+    }
+}
+
+impl Remote {
+    /// True when lock `key` was taken on this host by a process that has
+    /// exited (killed, say): it is stale at once, without waiting for TTL.
+    async fn holder_is_dead_here(&self, key: &str, host: &str) -> bool {
+        let Ok(Some(body)) = self.get_if_exists(key).await else {
+            return false;
+        };
+        let Ok(lock) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return false;
+        };
+        let same_host = !host.is_empty() && lock["host"].as_str() == Some(host);
+        match lock["pid"].as_u64() {
+            Some(pid) if same_host => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            _ => false,
+        }
     }
 }
 

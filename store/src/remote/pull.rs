@@ -1,8 +1,8 @@
 //! `pull`: the manifests, then only the chunks this store lacks, each
 //! checked against its BLAKE3 id before it is stored; then every VMI whose
 //! chunks all arrived is registered in one atomic write. Chunks are stored
-//! as they arrive (unreferenced until then), so a killed pull, run again,
-//! fetches only what it had not stored yet.
+//! durably as they arrive (unreferenced until then), so a killed pull, run
+//! again, fetches only what it had not stored yet.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,8 +47,6 @@ pub struct PullFailure {
 }
 
 const WINDOW: usize = 1024;
-/// Chunk bytes between flushes: what a killed pull can lose.
-const FLUSH_BYTES: u64 = 64 << 20;
 
 /// Pulls the named boot images (all on the remote when `names` is empty).
 pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullReport> {
@@ -109,7 +107,7 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     remote.report_progress(0, total);
 
     let mut bad: BTreeMap<ChunkId, String> = BTreeMap::new();
-    let (mut done, mut unflushed) = (0u64, 0u64);
+    let mut done = 0u64;
     for window in missing.chunks(WINDOW) {
         lock.check_held()?;
         let fetched = fetch_chunks(remote, window)?;
@@ -129,24 +127,15 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
                 }
             }
         }
+        // Synced through the WAL, unlike import's chunks: the network is
+        // the bottleneck here, and a killed pull keeps every window it
+        // finished, so running it again resumes where it stopped.
         let mut counts = ImportReport::default();
-        store.write_unreferenced_chunks(new_chunks_batch(
-            store,
-            &good,
-            &mut known,
-            &mut counts,
-        )?)?;
+        store.write(new_chunks_batch(store, &good, &mut known, &mut counts)?)?;
         report.downloaded_chunks += counts.new_chunks;
-        unflushed += counts.new_stored_bytes;
-        if unflushed >= FLUSH_BYTES {
-            store.flush_chunks()?;
-            unflushed = 0;
-        }
         done += window.iter().map(|id| u64::from(raw_len[id])).sum::<u64>();
         remote.report_progress(done, total);
     }
-    store.flush_chunks()?;
-
     let mut complete = Vec::with_capacity(manifests.len());
     for (name, manifest) in manifests {
         match manifest.chunks.iter().find(|c| bad.contains_key(&c.id)) {

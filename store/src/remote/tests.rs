@@ -58,7 +58,11 @@ fn store_with(dir: &Path, images: &[BootImage]) -> Store {
 }
 
 fn remote(dir: &Path) -> Remote {
-    Remote::open(&format!("file://{}", dir.display()), RemoteOptions::default()).unwrap()
+    Remote::open(
+        &format!("file://{}", dir.display()),
+        RemoteOptions::default(),
+    )
+    .unwrap()
 }
 
 /// Every chunk a VMI's manifest references, read back in order.
@@ -96,7 +100,11 @@ fn pull_moves_only_what_the_store_lacks_and_a_second_pull_nothing() {
     let again = pull(&b, &remote, &[]).unwrap();
     assert_eq!(again.unchanged, ["base", "web"]);
     assert_eq!(
-        (again.downloaded_chunks, again.downloaded_bytes, again.manifest_bytes),
+        (
+            again.downloaded_chunks,
+            again.downloaded_bytes,
+            again.manifest_bytes
+        ),
         (0, 0, 0)
     );
     let repush = push(&a, &remote, &[]).unwrap();
@@ -170,7 +178,10 @@ fn a_tampered_manifest_is_refused() {
     let pulled = pull(&b, &remote, &[]).unwrap();
     assert_eq!(pulled.failed[0].object, key);
     assert!(pulled.names.is_empty());
-    assert!(remote_gc(&remote, Duration::ZERO, true).is_err(), "gc stops");
+    assert!(
+        remote_gc(&remote, Duration::ZERO, true).is_err(),
+        "gc stops"
+    );
 }
 
 #[test]
@@ -209,7 +220,10 @@ fn gc_and_transfers_exclude_each_other_until_a_lock_goes_stale() {
     {
         let _gc = remote.lock(LockKind::Gc).unwrap();
         let busy = push(&a, &remote, &[]).unwrap_err().to_string();
-        assert!(busy.contains("busy") && busy.contains("locks/gc-"), "{busy}");
+        assert!(
+            busy.contains("busy") && busy.contains("locks/gc-"),
+            "{busy}"
+        );
         let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
         assert!(pull(&b, &remote, &[]).is_err());
     }
@@ -232,6 +246,16 @@ fn gc_and_transfers_exclude_each_other_until_a_lock_goes_stale() {
     }
     remote_gc(&remote, Duration::ZERO, true).unwrap();
     assert_eq!(std::fs::read_dir(dir.join("locks")).unwrap().count(), 0);
+
+    // A fresh lock whose process on this host has exited is stale at once.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let body = serde_json::json!({"kind": "push", "host": host.trim(), "pid": dead_pid});
+    std::fs::write(dir.join("locks/push-dead"), body.to_string()).unwrap();
+    remote_gc(&remote, Duration::ZERO, true).unwrap();
+    assert!(!dir.join("locks/push-dead").exists());
 }
 
 #[test]

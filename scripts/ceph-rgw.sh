@@ -9,7 +9,7 @@
 # Needs: apt-get install --no-install-recommends ceph-mon ceph-osd radosgw ceph-common
 # (scripts/setup.sh ceph installs them). Env: RGW_PORT (default 7480),
 # MON_PORT (default 6789), OSD_BYTES (memstore size, default 2 GiB).
-set -euo pipefail
+set -Eeuo pipefail
 trap 'echo "ceph-rgw.sh: failed at line $LINENO (logs in ${dir:-?}/log)" >&2' ERR
 
 cmd=${1:?usage: $0 start|stop DIR}
@@ -58,6 +58,18 @@ start() {
         }
     done
     stop
+    # A cluster just stopped may still hold its ports for a moment; another
+    # one on the same ports would answer in place of ours.
+    for port in "$mon_port" "$rgw_port"; do
+        for _ in $(seq 50); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+            sleep 0.2
+        done
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "port $port is in use: choose MON_PORT/RGW_PORT" >&2
+            exit 1
+        fi
+    done
     rm -rf "$dir"
     mkdir -p "$dir"/{run,log,mon,osd}
     fsid=$(cat /proc/sys/kernel/random/uuid)

@@ -11,7 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::lock::{LockKind, RemoteLock};
-use super::{chunk_key, current_versions, ManifestVersion, Remote};
+use super::{chunk_key, current_versions, decode_manifest_object, ManifestVersion, Remote};
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
 use crate::Result;
@@ -82,15 +82,9 @@ fn plan(remote: &Remote, lock: &RemoteLock, grace: Duration) -> Result<RemoteGcP
         .block_on(
             futures::stream::iter(keep)
                 .map(|version| async move {
-                    let bytes = remote.get(&version.key()).await?;
-                    if ChunkId::of(&bytes) != version.hash {
-                        return Err(remote.error(format!(
-                            "{} does not match the BLAKE3 in its name; gc stops",
-                            version.key()
-                        )));
-                    }
-                    Manifest::decode(&bytes)
-                        .map_err(|e| remote.error(format!("{}: {e}; gc stops", version.key())))
+                    let object = remote.get(&version.key()).await?;
+                    decode_manifest_object(&version.hash, &object)
+                        .map_err(|why| remote.error(format!("{}: {why}; gc stops", version.key())))
                 })
                 .buffer_unordered(remote.options.concurrency)
                 .try_collect::<Vec<Manifest>>(),

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunking::Chunking;
 use crate::id::ChunkId;
+use crate::manifest::Manifest;
 use crate::store::StoreConfig;
 use crate::{Error, Result};
 
@@ -399,6 +400,34 @@ fn current_versions(versions: &[ManifestVersion]) -> HashMap<String, ManifestVer
         }
     }
     current
+}
+
+/// Largest manifest a remote may hand us (about 30 million blocks).
+const MAX_MANIFEST: u64 = 256 << 20;
+
+/// A manifest as stored on the remote: one zstd frame of its bytes (block
+/// id lists compress well), named by the BLAKE3 of the bytes.
+fn encode_manifest_object(manifest: &Manifest) -> Result<(ChunkId, Vec<u8>)> {
+    let bytes = manifest.encode();
+    let object = zstd::bulk::compress(&bytes, 3)
+        .map_err(|e| Error::Invalid(format!("compressing a manifest: {e}")))?;
+    Ok((ChunkId::of(&bytes), object))
+}
+
+/// The manifest in a remote object, checked against the hash in its name.
+fn decode_manifest_object(hash: &ChunkId, object: &[u8]) -> std::result::Result<Manifest, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    zstd::stream::read::Decoder::new(object)
+        .and_then(|d| d.take(MAX_MANIFEST + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("not a zstd frame: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST {
+        return Err(format!("larger than {MAX_MANIFEST} bytes"));
+    }
+    if ChunkId::of(&bytes) != *hash {
+        return Err("its content does not match the BLAKE3 in its name".into());
+    }
+    Manifest::decode(&bytes).map_err(|e| e.to_string())
 }
 
 fn manifest_key(name: &str, hash: &ChunkId) -> String {

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::lock::LockKind;
-use super::{chunk_key, current_versions, ManifestVersion, Remote};
+use super::{chunk_key, current_versions, decode_manifest_object, ManifestVersion, Remote};
 use crate::codec::decode_chunk;
 use crate::id::ChunkId;
 use crate::import::{chunk_infos_of, new_chunks_batch, register_manifests, ImportReport};
@@ -195,13 +195,8 @@ fn fetch_manifests(
                             return Ok((version, Err(why)));
                         }
                     };
-                    let checked = if ChunkId::of(&bytes) != version.hash {
-                        Err("its content does not match the BLAKE3 in its name".to_string())
-                    } else {
-                        Manifest::decode(&bytes)
-                            .map(|m| (m, bytes.len() as u64))
-                            .map_err(|e| e.to_string())
-                    };
+                    let checked = decode_manifest_object(&version.hash, &bytes)
+                        .map(|m| (m, bytes.len() as u64));
                     Ok((version, checked))
                 })
                 .buffer_unordered(remote.options.concurrency)

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::lock::LockKind;
-use super::{chunk_key, current_versions, manifest_key, Remote};
+use super::{chunk_key, current_versions, encode_manifest_object, manifest_key, Remote};
 use crate::codec::decode_chunk;
 use crate::id::ChunkId;
 use crate::import::chunk_infos_of;
@@ -116,16 +116,15 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
     let versions = remote.runtime.block_on(remote.list_manifests())?;
     let current = current_versions(&versions);
     for (name, manifest) in &manifests {
-        let bytes = manifest.encode();
-        let hash = ChunkId::of(&bytes);
+        let (hash, object) = encode_manifest_object(manifest)?;
         if current.get(name).map(|v| v.hash) == Some(hash) {
             continue;
         }
         report.manifests_uploaded += 1;
-        report.manifest_bytes += bytes.len() as u64;
+        report.manifest_bytes += object.len() as u64;
         remote
             .runtime
-            .block_on(publish_manifest(remote, name, hash, bytes, &versions))?;
+            .block_on(publish_manifest(remote, name, hash, object, &versions))?;
     }
     drop(lock);
     Ok(report)
@@ -137,11 +136,11 @@ async fn publish_manifest(
     remote: &Remote,
     name: &str,
     hash: ChunkId,
-    bytes: Vec<u8>,
+    object: Vec<u8>,
     versions: &[super::ManifestVersion],
 ) -> Result<()> {
     let key = manifest_key(name, &hash);
-    let payload = bytes::Bytes::from(bytes);
+    let payload = bytes::Bytes::from(object);
     if !remote.put_create(&key, payload.clone().into()).await? {
         // An old, superseded copy of these same bytes: write it anew so it
         // is the newest version.

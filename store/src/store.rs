@@ -439,6 +439,12 @@ fn require_store(path: &Path) -> Result<()> {
 
 /// RocksDB reports a held `LOCK` file as an I/O error; name it for what it
 /// is, so a caller can wait for the other writer instead of failing.
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Db(e.into_string())
+    }
+}
+
 fn busy_or(path: &Path, e: rocksdb::Error) -> Error {
     let msg = e.to_string();
     if msg.contains("LOCK")
@@ -446,7 +452,7 @@ fn busy_or(path: &Path, e: rocksdb::Error) -> Error {
     {
         Error::Busy(path.to_path_buf())
     } else {
-        Error::Db(e)
+        Error::from(e)
     }
 }
 

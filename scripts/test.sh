@@ -9,3 +9,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+
+# The fuzzers, short form: one minute each from the committed corpus (new
+# finds go to a scratch directory). docs/reliability.md has the long runs.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for target in yolo_reader trace_parser; do
+    mkdir -p "$scratch/$target"
+    RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" \
+        cargo fuzz run --fuzz-dir store/fuzz -O "$target" "$scratch/$target" \
+        "store/fuzz/corpus/$target" -- -max_total_time=60 -max_len=65536 -rss_limit_mb=2048
+done

@@ -2,8 +2,9 @@
 //! `0x` hex, `#` starting a comment. Turned into block ids in first-access
 //! order, which is the order a boot image keeps.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::ops::Range;
 
 use crate::format::block_count;
 use crate::{Error, Result};
@@ -69,13 +70,20 @@ pub fn write_trace(
     Ok(())
 }
 
+/// Most blocks a trace may turn into: 16 GiB of 4 KiB blocks. A boot reads
+/// tens of megabytes; a trace beyond this is not a boot's, and would make
+/// capture hold a whole disk in memory.
+pub const MAX_TRACE_BLOCKS: u64 = 1 << 22;
+
 /// Block ids touched by `reads`, each once, in the order first touched.
 /// Reads that run past the end of the file are clipped (a read at EOF is
 /// normal); a read that starts past it means the trace is for another file.
+/// Work is proportional to the blocks returned, not to the bytes the reads
+/// span: a trace that rereads a huge range costs nothing more.
 pub fn blocks_in_access_order(reads: &[Read], file_size: u64, block_size: u32) -> Result<Vec<u64>> {
     let bs = u64::from(block_size);
     let n = block_count(file_size, block_size);
-    let mut seen = HashSet::new();
+    let mut seen = SeenBlocks::default();
     let mut order = Vec::new();
     for (i, read) in reads.iter().enumerate() {
         if read.offset > file_size {
@@ -89,19 +97,115 @@ pub fn blocks_in_access_order(reads: &[Read], file_size: u64, block_size: u32) -
             continue;
         }
         let first = read.offset / bs;
-        let last = ((read.offset + read.length - 1) / bs).min(n.saturating_sub(1));
-        for id in first..=last {
-            if id < n && seen.insert(id) {
-                order.push(id);
+        let end = (read.offset.saturating_add(read.length - 1) / bs + 1).min(n);
+        if first >= end {
+            continue;
+        }
+        for new in seen.insert(first..end) {
+            if order.len() as u64 + (new.end - new.start) > MAX_TRACE_BLOCKS {
+                return Err(Error::Invalid(format!(
+                    "the trace touches more than {MAX_TRACE_BLOCKS} blocks (read {}); a boot \
+                     image holds the blocks a boot reads, not a whole disk",
+                    i + 1
+                )));
             }
+            order.extend(new);
         }
     }
     Ok(order)
 }
 
+/// The block ranges seen so far, disjoint and not touching: start -> end.
+#[derive(Default)]
+struct SeenBlocks(BTreeMap<u64, u64>);
+
+impl SeenBlocks {
+    /// Marks `range` seen; returns its parts that were not, in order.
+    fn insert(&mut self, range: Range<u64>) -> Vec<Range<u64>> {
+        // Ranges that overlap or touch `range`: ends grow with starts, so
+        // walking down from the last start <= range.end, stop at the first
+        // that ends before range.start.
+        let mut touching: Vec<(u64, u64)> = self
+            .0
+            .range(..=range.end)
+            .rev()
+            .take_while(|(_, &end)| end >= range.start)
+            .map(|(&start, &end)| (start, end))
+            .collect();
+        touching.reverse();
+        let mut new = Vec::new();
+        let (mut at, mut merged) = (range.start, range.clone());
+        for (start, end) in touching {
+            if start > at {
+                new.push(at..start);
+            }
+            at = at.max(end);
+            merged = merged.start.min(start)..merged.end.max(end);
+            self.0.remove(&start);
+        }
+        if at < range.end {
+            new.push(at..range.end);
+        }
+        self.0.insert(merged.start, merged.end);
+        new
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The obvious version: every block of every read, through a set.
+    fn naive(reads: &[Read], file_size: u64, bs: u32) -> Vec<u64> {
+        let n = block_count(file_size, bs);
+        let mut seen = std::collections::HashSet::new();
+        let mut order = Vec::new();
+        for r in reads.iter().filter(|r| r.length > 0) {
+            let last = (r.offset + r.length - 1) / u64::from(bs);
+            for id in r.offset / u64::from(bs)..=last {
+                if id < n && seen.insert(id) {
+                    order.push(id);
+                }
+            }
+        }
+        order
+    }
+
+    proptest! {
+        #[test]
+        fn ranges_give_what_every_block_would(
+            reads in proptest::collection::vec((0u64..40_000, 0u64..9_000), 0..40)
+        ) {
+            let reads: Vec<Read> = reads
+                .into_iter()
+                .map(|(offset, length)| Read { offset, length })
+                .collect();
+            let got = blocks_in_access_order(&reads, 40_000, 512).unwrap();
+            prop_assert_eq!(got, naive(&reads, 40_000, 512));
+        }
+    }
+
+    #[test]
+    fn a_trace_of_a_whole_disk_is_refused_quickly() {
+        let huge = Read {
+            offset: 0,
+            length: u64::MAX,
+        };
+        let err = blocks_in_access_order(&[huge], 1 << 40, 512).unwrap_err();
+        assert!(err.to_string().contains("not a whole disk"), "{err}");
+        let again = vec![
+            Read {
+                offset: 0,
+                length: 1 << 30
+            };
+            10_000
+        ];
+        assert_eq!(
+            blocks_in_access_order(&again, 1 << 30, 4096).unwrap().len(),
+            1 << 18
+        );
+    }
 
     #[test]
     fn written_traces_parse_back() {

@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
         let distinct: std::collections::HashSet<_> = blocks.iter().collect();
         assert_eq!(distinct.len(), blocks.len(), "block ids are distinct");
         let count = file_size.div_ceil(u64::from(block_size));
-        assert!(blocks.iter().all(|&b| b < count), "block ids are in the file");
+        assert!(
+            blocks.iter().all(|&b| b < count),
+            "block ids are in the file"
+        );
     }
 });

@@ -26,9 +26,17 @@ fn check(bytes: &[u8]) {
     };
     for file in &image.files {
         assert!(file.header.validate(image.block_size).is_ok());
-        assert_eq!(file.data.len() as u64, file.header.data_len(image.block_size));
+        assert_eq!(
+            file.data.len() as u64,
+            file.header.data_len(image.block_size)
+        );
     }
     let mut out = Vec::new();
-    image.write_to(&mut out).expect("an accepted image writes back");
-    assert!(out == bytes, "an accepted image writes back to its own bytes");
+    image
+        .write_to(&mut out)
+        .expect("an accepted image writes back");
+    assert!(
+        out == bytes,
+        "an accepted image writes back to its own bytes"
+    );
 }

@@ -16,16 +16,17 @@
 #   benches/boots.sh [FAMILY_DIR] [BOOT_IMAGES_DIR]
 #
 # Defaults: /var/tmp/yolo-family and /var/tmp/yolo-demo/boot-images, which
-# scripts/demo.sh makes. Env: N (default 4), SCENARIOS (default "one many
-# same then"), CONTENTION (default "none fio"). Prints one line per boot
-# and a table (markdown) at the end.
+# scripts/demo.sh makes. Env: N (VMs at once, default 2: one per core),
+# SCENARIOS (default "one many same then"), CONTENDED (the scenarios also
+# run under contention, default "one many"). Prints one line per run and a
+# markdown table at the end. About 30 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 family=$(realpath "${1:-/var/tmp/yolo-family}")
 images=$(realpath "${2:-/var/tmp/yolo-demo/boot-images}")
-n=${N:-4}
+n=${N:-2}
 scenarios=${SCENARIOS:-"one many same then"}
-contentions=${CONTENTION:-"none fio"}
+contended=${CONTENDED:-"one many"}
 Y=${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}/release/yolo-store
 command -v fio >/dev/null || apt-get install -y -q --no-install-recommends fio >/dev/null
 
@@ -39,6 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 "$Y" --store "$work/store" import "$images"/*.yolo | tail -1
+# The contention job's file, written once up front so the runs only read it.
+fio --name=layout --filename="$work/contention.dat" --size=2G --rw=write --bs=1M \
+    --direct=1 >/dev/null
 vmis=(web base cache py dev)
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
@@ -50,7 +54,7 @@ start_contention() {
         fio --name=contention --filename="$work/contention.dat" --size=2G \
             --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=16 \
             --time_based --runtime=3600 >/dev/null 2>&1 &
-        sleep 3 # lay out the file before the boots start
+        sleep 2
         ;;
     esac
 }
@@ -83,7 +87,7 @@ boot_all() {
     [ "$policy" = yolo ] && dir=$mnt
     local i=0
     for v in "$@"; do
-        [ "$policy" = prefetch ] && prefetch "$v" &
+        if [ "$policy" = prefetch ]; then prefetch "$v" & fi
         KERNEL_DIR=$family scripts/boot-vm.sh "$dir/$v.qcow2" >"$work/boot.$i" &
         pids+=($!)
         outs+=("$work/boot.$i")
@@ -123,6 +127,8 @@ run() { # scenario contention policy
 }
 
 for scenario in $scenarios; do
+    contentions=none
+    [[ " $contended " == *" $scenario "* ]] && contentions="none fio"
     for contention in $contentions; do
         for policy in normal prefetch yolo; do
             run "$scenario" "$contention" "$policy"

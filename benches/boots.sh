@@ -54,14 +54,23 @@ start_contention() {
         fio --name=contention --filename="$work/contention.dat" --size=2G \
             --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=16 \
             --time_based --runtime=3600 >/dev/null 2>&1 &
+        fio_pid=$!
         sleep 2
         ;;
     esac
 }
-stop_contention() { pkill -f "fio --name=contention" 2>/dev/null || true; wait 2>/dev/null || true; }
+fio_pid=""
+stop_contention() {
+    [ -n "$fio_pid" ] || return 0
+    kill "$fio_pid" 2>/dev/null || true
+    wait "$fio_pid" 2>/dev/null || true
+    fio_pid=""
+}
 
+mount_pid=""
 mount_yolo() {
     "$Y" --store "$work/store" mount --images "$family" "$mnt" 2>"$work/mount.log" &
+    mount_pid=$!
     for _ in $(seq 300); do [ -e "$mnt/.yolo-status" ] && break; sleep 0.1; done
     until python3 -c "import json,sys; sys.exit(not json.load(open('$mnt/.yolo-status'))['startup_verification_done'])"; do
         sleep 0.2
@@ -94,7 +103,7 @@ boot_all() {
         i=$((i + 1))
     done
     for p in "${pids[@]}"; do wait "$p"; done
-    wait
+    wait # the prefetchers (this runs in a subshell: only its own children)
     cat "${outs[@]}" | tr '\n' ' '
 }
 
@@ -120,7 +129,7 @@ run() { # scenario contention policy
     if [ "$policy" = yolo ]; then
         counters=$("$Y" status "$mnt" | python3 -c "import json,sys; s=json.load(sys.stdin); print(f\"store {s['bytes_from_store']>>20} MiB, file {s['bytes_from_file']>>20} MiB, misses {s['cache']['misses']}\")" 2>/dev/null || echo "?")
         umount "$mnt"
-        wait
+        wait "$mount_pid" || true
     fi
     echo "$scenario | $contention | $policy | $times | $counters"
     results+=("| $scenario | $contention | $policy | $times | $counters |")

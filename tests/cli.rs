@@ -212,3 +212,51 @@ fn store_directory_is_private() {
     let mode = fs::metadata(env.store()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[test]
+fn verify_repair_rebuilds_corrupt_chunks_from_unchanged_vmis_only() {
+    let env = Env::new();
+    let (y1, _) = capture(&env, 1);
+    let (y2, data2) = capture(&env, 2);
+    env.ok(&["import", &y1, &y2]);
+    let export = |name: &str| {
+        let out = env.path("out.yolo");
+        env.ok(&["export", name, "-o", out.to_str().unwrap()]);
+        fs::read(out).unwrap()
+    };
+    let (before1, before2) = (export("vmi1.qcow2"), export("vmi2.qcow2"));
+    // A chunk both VMIs share (block 0 of the base) and one only vmi2 has
+    // (its short last block, read last), both overwritten with garbage.
+    let (shared, own) = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        let shared = store.manifest("vmi1.qcow2").unwrap().chunks[0].id;
+        let own = store.manifest("vmi2.qcow2").unwrap().chunks.last().unwrap().id;
+        for (i, id) in [shared, own].iter().enumerate() {
+            let mut value = vec![0u8, 0, 16, 0, 0];
+            value.extend(common::noise(50 + i as u64, 4096));
+            store.overwrite_chunk_value(id, &value).unwrap();
+        }
+        (shared.to_hex(), own.to_hex())
+    };
+    env.fails(&["verify"]);
+
+    // vmi2's file has changed since: it may not vouch for any chunk.
+    let vmi2 = env.path("vmi2.qcow2");
+    let mut changed = data2.clone();
+    changed[0] ^= 1;
+    fs::write(&vmi2, &changed).unwrap();
+    let images = env.dir.path().to_str().unwrap().to_string();
+    let out = env.run(&["verify", "--repair", "--images", &images]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a chunk is still corrupt");
+    assert!(stderr.contains(&format!("repaired chunk {shared} from vmi1.qcow2")), "{stderr}");
+    assert!(stderr.contains(&format!("could not repair chunk {own}")), "{stderr}");
+    assert!(stderr.contains("changed since"), "{stderr}");
+
+    // With the original file back, the last chunk is rebuilt too.
+    fs::write(&vmi2, &data2).unwrap();
+    let out = env.run(&["verify", "--repair", "--images", &images]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.ok(&["verify"]).contains("clean"));
+    assert!(export("vmi1.qcow2") == before1 && export("vmi2.qcow2") == before2);
+}

@@ -1,20 +1,56 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::commands::{open_for_reading, print_json};
+use yolo_store_core::{repair, verify, VerifyReport};
+
+use crate::commands::{open_for_reading, open_for_writing, print_json};
 use crate::human;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
     json: bool,
+    /// Rebuild corrupt or missing chunks from the VMI files under --images
+    /// whose identity still matches their boot image, then verify again.
+    #[arg(long, requires = "images")]
+    repair: bool,
+    /// The directory of VMI files (as given to `mount`).
+    #[arg(long)]
+    images: Option<PathBuf>,
 }
 
-/// Exit 0 when the store is consistent, 1 when a problem was found.
+/// Exit 0 when the store is consistent, 1 when a problem was found (and,
+/// with --repair, is still there).
 pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let store = open_for_reading(path)?;
-    let report = yolo_store_core::verify(&store)?;
-    if args.json {
+    let report = if args.repair {
+        let store = open_for_writing(path)?;
+        let before = verify(&store)?;
+        match &args.images {
+            Some(images) if !before.is_clean() => {
+                let repaired = repair(&store, images, &before)?;
+                for (chunk, vmi) in &repaired.repaired {
+                    eprintln!("repaired chunk {chunk} from {vmi}");
+                }
+                for (chunk, why) in &repaired.unrepaired {
+                    eprintln!("could not repair chunk {chunk}: {why}");
+                }
+                verify(&store)?
+            }
+            _ => before,
+        }
+    } else {
+        verify(&open_for_reading(path)?)?
+    };
+    print_report(&report, args.json)?;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_report(report: &VerifyReport, json: bool) -> anyhow::Result<()> {
+    if json {
         print_json(&report)?;
     } else {
         for problem in &report.problems {
@@ -32,9 +68,5 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    Ok(if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(())
 }

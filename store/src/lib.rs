@@ -16,6 +16,7 @@ mod manifest;
 mod name;
 mod record;
 mod remote;
+mod repair;
 mod serve;
 mod stats;
 mod store;
@@ -40,6 +41,7 @@ pub use remote::{
     pull, push, remote_gc, PullFailure, PullReport, PushReport, Remote, RemoteConfig, RemoteGcPlan,
     RemoteGcReport, RemoteOptions,
 };
+pub use repair::{repair, RepairReport};
 pub use serve::{FileVersion, ImageServer, OpenImage, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};

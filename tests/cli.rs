@@ -230,7 +230,13 @@ fn verify_repair_rebuilds_corrupt_chunks_from_unchanged_vmis_only() {
     let (shared, own) = {
         let store = yolo_store_core::Store::open(&env.store()).unwrap();
         let shared = store.manifest("vmi1.qcow2").unwrap().chunks[0].id;
-        let own = store.manifest("vmi2.qcow2").unwrap().chunks.last().unwrap().id;
+        let own = store
+            .manifest("vmi2.qcow2")
+            .unwrap()
+            .chunks
+            .last()
+            .unwrap()
+            .id;
         for (i, id) in [shared, own].iter().enumerate() {
             let mut value = vec![0u8, 0, 16, 0, 0];
             value.extend(common::noise(50 + i as u64, 4096));
@@ -249,14 +255,24 @@ fn verify_repair_rebuilds_corrupt_chunks_from_unchanged_vmis_only() {
     let out = env.run(&["verify", "--repair", "--images", &images]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a chunk is still corrupt");
-    assert!(stderr.contains(&format!("repaired chunk {shared} from vmi1.qcow2")), "{stderr}");
-    assert!(stderr.contains(&format!("could not repair chunk {own}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("repaired chunk {shared} from vmi1.qcow2")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("could not repair chunk {own}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("changed since"), "{stderr}");
 
     // With the original file back, the last chunk is rebuilt too.
     fs::write(&vmi2, &data2).unwrap();
     let out = env.run(&["verify", "--repair", "--images", &images]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(env.ok(&["verify"]).contains("clean"));
     assert!(export("vmi1.qcow2") == before1 && export("vmi2.qcow2") == before2);
 }

@@ -154,16 +154,16 @@ fn n(value: &serde_json::Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {value}"))
 }
 
-/// Runs `args` and SIGKILLs it after `after`; true if it was killed before
-/// it finished.
-fn kill_after(ceph: &Ceph, node: &Path, args: &[&str], after: Duration) -> bool {
+/// Runs `args` and SIGKILLs it after `ms` milliseconds; true if it was
+/// killed before it finished.
+fn kill_after(ceph: &Ceph, node: &Path, args: &[&str], ms: u64) -> bool {
     let mut child = ceph
         .command(node, args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(after);
+    std::thread::sleep(Duration::from_millis(ms));
     let finished = matches!(child.try_wait(), Ok(Some(_)));
     let _ = child.kill();
     let _ = child.wait();
@@ -225,37 +225,25 @@ fn two_nodes_share_a_family_through_ceph() {
     // large VMI of its own makes the transfers long enough to interrupt.
     let big = family(&env, &["big.img"], 9, 3000);
     ceph.ok(&a, &["import", big[0].to_str().expect("utf-8")]);
-    let mut killed = false;
-    for ms in [700, 1200, 2000] {
-        if kill_after(
-            &ceph,
-            &a,
-            &["push", "--remote", r],
-            Duration::from_millis(ms),
-        ) {
-            killed = true;
-            break;
-        }
-    }
-    assert!(killed, "the push always finished before it was killed");
+    let push = ["push", "--remote", r];
+    assert!(
+        [700, 1200, 2000]
+            .iter()
+            .any(|&ms| kill_after(&ceph, &a, &push, ms)),
+        "the push always finished before it was killed"
+    );
     let resumed = ceph.json(&a, &["push", "--remote", r]);
     println!("resumed push: {resumed}");
     assert_eq!(n(&resumed, "manifests_uploaded"), 1);
     let total = n(&resumed, "uploaded_chunks") + n(&resumed, "present_chunks");
     assert_eq!(total, n(&resumed, "chunks"));
-    let mut killed = false;
-    for ms in [2500, 1500, 800] {
-        if kill_after(
-            &ceph,
-            &b,
-            &["pull", "--remote", r],
-            Duration::from_millis(ms),
-        ) {
-            killed = true;
-            break;
-        }
-    }
-    assert!(killed, "the pull always finished before it was killed");
+    let pull = ["pull", "--remote", r];
+    assert!(
+        [2500, 1500, 800]
+            .iter()
+            .any(|&ms| kill_after(&ceph, &b, &pull, ms)),
+        "the pull always finished before it was killed"
+    );
     ceph.ok(&b, &["verify"]);
     let resumed = ceph.json(&b, &["pull", "--remote", r]);
     println!("resumed pull: {resumed}");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{capture_blocks, vmi, Env, BIN};
+use common::{capture_blocks, vmi, Env, Mount, BIN};
 use yolo_store_core::ChunkId;
 
 const BUCKET: &str = "yolo-test";
@@ -176,7 +176,8 @@ fn two_nodes_share_a_family_through_ceph() {
     let ceph = Ceph::start(env.path("ceph"));
     let remote = format!("s3://{BUCKET}/family");
     let r = remote.as_str();
-    let (a, b) = (env.path("node-a"), env.path("node-b"));
+    // Node B's store is the one `Mount` serves.
+    let (a, b) = (env.path("node-a"), env.store());
 
     // Node A imports four VMIs of a family and pushes them; node B pulls.
     let images = family(&env, &["base.img", "web.img", "db.img", "py.img"], 1, 40);
@@ -197,7 +198,9 @@ fn two_nodes_share_a_family_through_ceph() {
         assert!(ours == theirs, "{name}: B's boot image differs from A's");
     }
 
-    // The fifth VMI: only the chunks unique to it move, both ways.
+    // The fifth VMI: only the chunks unique to it move, both ways, and B
+    // pulls it while its mount serves the family.
+    let mount = Mount::start(&env, "mount", env.dir.path(), &env.path("mnt"), &[]);
     let fifth = family(&env, &["dev.img"], 5, 40);
     ceph.ok(&a, &["import", fifth[0].to_str().expect("utf-8")]);
     let pushed = ceph.json(&a, &["push", "--remote", r]);
@@ -207,6 +210,14 @@ fn two_nodes_share_a_family_through_ceph() {
     let pulled = ceph.json(&b, &["pull", "--remote", r]);
     assert_eq!(n(&pulled, "downloaded_chunks"), unique);
     assert_eq!(pulled["unchanged"].as_array().map(Vec::len), Some(4));
+    let dev = std::fs::read(env.path("dev.img")).expect("read dev.img");
+    assert!(std::fs::read(mount.file("dev.img")).expect("read through the mount") == dev);
+    mount.wait_verified();
+    let before = mount.status()["bytes_from_store"].as_u64().unwrap_or(0);
+    assert!(std::fs::read(mount.file("dev.img")).expect("read again") == dev);
+    let after = mount.status()["bytes_from_store"].as_u64().unwrap_or(0);
+    assert!(after > before, "the pulled boot image is served: {}", mount.status());
+    mount.unmount();
     println!(
         "fifth VMI: pulled {} chunk bytes + {} manifest bytes ({} chunks); {} raw bytes already here",
         n(&pulled, "downloaded_bytes"),
@@ -259,7 +270,6 @@ fn two_nodes_share_a_family_through_ceph() {
     // that do not use it arrive.
     let c = env.path("node-c");
     // With 4 KiB chunks, a block of dev.img's own is a chunk only it has.
-    let dev = std::fs::read(env.path("dev.img")).expect("read dev.img");
     let victim = ChunkId::of(&dev[100 * 4096..101 * 4096]).to_hex();
     let key = format!("family/chunks/{}/{victim}", &victim[..2]);
     ceph.put_object(&key, b"\x01\x10\x00\x00\x00not a zstd frame");

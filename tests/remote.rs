@@ -216,7 +216,11 @@ fn two_nodes_share_a_family_through_ceph() {
     let before = mount.status()["bytes_from_store"].as_u64().unwrap_or(0);
     assert!(std::fs::read(mount.file("dev.img")).expect("read again") == dev);
     let after = mount.status()["bytes_from_store"].as_u64().unwrap_or(0);
-    assert!(after > before, "the pulled boot image is served: {}", mount.status());
+    assert!(
+        after > before,
+        "the pulled boot image is served: {}",
+        mount.status()
+    );
     mount.unmount();
     println!(
         "fifth VMI: pulled {} chunk bytes + {} manifest bytes ({} chunks); {} raw bytes already here",

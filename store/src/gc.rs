@@ -48,7 +48,11 @@ pub struct GcPlan {
     pub stored_bytes: u64,
 }
 
-fn hex_ids<S: serde::Serializer>(ids: &[ChunkId], s: S) -> std::result::Result<S::Ok, S::Error> {
+/// Serializes chunk ids as hex strings (gc plans, local and remote).
+pub(crate) fn hex_ids<S: serde::Serializer>(
+    ids: &[ChunkId],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(ids.iter().map(ChunkId::to_hex))
 }
 

@@ -22,17 +22,13 @@ pub struct RemoteGcPlan {
     /// Chunks some manifest references.
     pub referenced_chunks: u64,
     /// Unreferenced chunks older than the grace period: to delete.
-    #[serde(serialize_with = "hex_ids")]
+    #[serde(serialize_with = "crate::gc::hex_ids")]
     pub chunks: Vec<ChunkId>,
     pub bytes: u64,
     /// Unreferenced chunks kept because they are younger than the grace.
     pub young_chunks: u64,
     /// Superseded manifest versions older than the grace period: to delete.
     pub manifests: Vec<String>,
-}
-
-fn hex_ids<S: serde::Serializer>(ids: &[ChunkId], s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_seq(ids.iter().map(ChunkId::to_hex))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

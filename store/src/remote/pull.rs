@@ -199,7 +199,8 @@ fn fetch_manifests(
                         .map(|m| (m, bytes.len() as u64));
                     Ok((version, checked))
                 })
-                .buffer_unordered(remote.options.concurrency)
+                // In order: VMIs are registered and reported in the order asked.
+                .buffered(remote.options.concurrency)
                 .collect::<Vec<Result<_>>>(),
         )
         .into_iter()

@@ -22,32 +22,30 @@ secret_key=yolo-test-secret-0123456789
 conf=$dir/ceph.conf
 
 stop() {
-    # radosgw can ignore SIGTERM for minutes while it drains: SIGKILL it.
+    # The pids first: a daemon removes its pid file early in its shutdown,
+    # while it still holds its ports, so the files cannot tell when it is gone.
+    local pids=() rgw=()
     for pidfile in "$dir"/run/*.pid; do
         [ -e "$pidfile" ] || continue
         pid=$(cat "$pidfile" 2>/dev/null || true)
         [ -n "$pid" ] || continue
         case $pidfile in
-        *rgw*) kill -KILL "$pid" 2>/dev/null || true ;;
-        *) kill -TERM "$pid" 2>/dev/null || true ;;
+        *rgw*) rgw+=("$pid") ;; # it may ignore SIGTERM for minutes: SIGKILL
+        *) pids+=("$pid") ;;
         esac
     done
-    for _ in $(seq 50); do
+    for pid in "${rgw[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 100); do
         alive=0
-        for pidfile in "$dir"/run/*.pid; do
-            [ -e "$pidfile" ] || continue
-            pid=$(cat "$pidfile" 2>/dev/null || true)
-            if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        for pid in "${pids[@]}" "${rgw[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
         done
         [ $alive = 0 ] && break
         sleep 0.2
     done
-    for pidfile in "$dir"/run/*.pid; do
-        [ -e "$pidfile" ] || continue
-        pid=$(cat "$pidfile" 2>/dev/null || true)
-        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
-        rm -f "$pidfile"
-    done
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    rm -f "$dir"/run/*.pid
 }
 
 start() {
@@ -104,6 +102,10 @@ osd objectstore = memstore
 memstore device bytes = $osd_bytes
 osd max object name len = 460
 osd max object namespace len = 64
+# At start an OSD may send these crush updates before it knows the cluster's
+# fsid, and then fails ("wrong fsid"): the script places it in the map.
+osd class update on start = false
+osd crush update on start = false
 [client.rgw]
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
 rgw data = $dir/rgw
@@ -113,9 +115,12 @@ EOF
     monmaptool --create --addv a "[v1:127.0.0.1:$mon_port]" --fsid "$fsid" "$dir/monmap" >/dev/null
     ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" >/dev/null
     ceph-mon -c "$conf" -i a
-    "${ceph[@]}" osd create >/dev/null
+    # The OSD's uuid is given to both sides, so it need not register itself.
+    osd_uuid=$(cat /proc/sys/kernel/random/uuid)
+    "${ceph[@]}" osd create "$osd_uuid" 0 >/dev/null
+    "${ceph[@]}" osd crush add osd.0 1.0 root=default >/dev/null 2>&1
     mkdir -p "$dir/osd/osd.0"
-    ceph-osd -c "$conf" -i 0 --mkfs >/dev/null 2>&1
+    ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1
     ceph-osd -c "$conf" -i 0 2>>"$dir/log/osd.0.stderr"
     mkdir -p "$dir/rgw"
     for _ in $(seq 120); do

@@ -363,10 +363,8 @@ fn a_corrupt_chunk_is_never_served() {
     let bad = {
         let store = yolo_store_core::Store::open(&env.store()).unwrap();
         let id = store.manifest(name).unwrap().chunks[3].id;
-        // A valid-looking raw chunk (codec 0) whose bytes are not its content.
-        let mut value = vec![0u8, 0, 16, 0, 0];
-        value.extend(noise(99, 4096));
-        store.overwrite_chunk_value(&id, &value).unwrap();
+        // A pack that decodes, holding bytes that are not the chunk's.
+        store.corrupt_chunk(&id).unwrap();
         id
     };
     let out = env.run(&["verify"]);

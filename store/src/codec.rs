@@ -1,7 +1,7 @@
-//! How one chunk is stored as a RocksDB value: `[codec u8][raw_len u32 LE]
-//! [payload]`. Codec 0 is raw (used when zstd does not shrink the chunk),
-//! codec 1 is one zstd frame. RocksDB's own compression is off for chunks,
-//! so nothing is compressed twice.
+//! zstd with reused contexts, and how one chunk travels alone (a remote's
+//! chunk object): `[codec u8][raw_len u32 LE][payload]`. Codec 0 is raw
+//! (used when zstd does not shrink the chunk), codec 1 is one zstd frame.
+//! In the local store chunks live in packs (`pack.rs`).
 
 use std::cell::RefCell;
 
@@ -18,7 +18,7 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+pub(crate) fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.as_ref().map(|(l, _)| *l) != Some(level) {
@@ -29,7 +29,7 @@ fn compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
     })
 }
 
-fn decompress(payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+pub(crate) fn decompress(payload: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
     DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {

@@ -9,12 +9,12 @@ use rayon::prelude::*;
 use rocksdb::WriteBatch;
 use serde::Serialize;
 
-use crate::codec::encode_chunk;
 use crate::format::{BootImage, FileImage};
 use crate::id::ChunkId;
 use crate::manifest::{ChunkRef, Manifest};
 use crate::name::validate_name;
-use crate::store::{ChunkInfo, Store, CF_CHUNKS, CF_MANIFESTS, CF_REFS};
+use crate::pack::{runs, PACK_BYTES};
+use crate::store::{ChunkInfo, NewPack, Store, CF_MANIFESTS, CF_REFS};
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -105,24 +105,24 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
     // this import has decided to reuse instead of storing.
     let _guard = store.write_lock();
 
-    // Which chunks does the store lack? Compress those, once each.
-    let mut raw_of: HashMap<ChunkId, &[u8]> = HashMap::new();
+    // Which chunks does the store lack? Those are packed in the order the
+    // boot images first use them, so a boot image loads from few packs.
+    let mut seen = HashSet::new();
+    let mut distinct_chunks: Vec<(ChunkId, &[u8], u64)> = Vec::new();
     for cut in cuts {
         for (id, range) in &cut.chunks {
-            raw_of.entry(*id).or_insert(&cut.file.data[range.clone()]);
+            if seen.insert(*id) {
+                distinct_chunks.push((*id, &cut.file.data[range.clone()], 0));
+            }
         }
     }
-    let ids: Vec<ChunkId> = raw_of.keys().copied().collect();
-    let mut current = chunk_infos_of(store, ids.clone())?;
-    let missing_ids: Vec<ChunkId> = ids
-        .into_iter()
-        .filter(|id| !current.contains_key(id))
-        .collect();
+    let mut current = chunk_infos_of(store, distinct_chunks.iter().map(|c| c.0).collect())?;
+    distinct_chunks.retain(|(id, _, _)| !current.contains_key(id));
     // First the new chunks, unreferenced (refcount 0) and durable; then,
     // in one synced batch, the manifests and every refcount change. A crash
     // in between leaves garbage for gc, never a dangling reference.
     let mut report = ImportReport::default();
-    store_new_chunks(store, &missing_ids, &raw_of, &mut current, &mut report)?;
+    store_new_chunks(store, &distinct_chunks, &mut current, &mut report)?;
 
     let manifests: Vec<(String, Manifest)> = cuts
         .iter()
@@ -203,22 +203,21 @@ pub(crate) fn register_manifests(
     store.write(batch)
 }
 
-/// Compresses and writes the chunks `ids` (which the store lacks), a window
-/// at a time: rayon compresses one window while a writer thread puts the
-/// previous one into RocksDB, so writing hides behind compression. Records
-/// each new chunk's refs record in `current` and its sizes in `report`.
+/// Packs, compresses and writes `chunks` (which the store lacks, refcount
+/// 0), a window of packs at a time: rayon compresses one window while a
+/// writer thread puts the previous one into RocksDB, so writing hides
+/// behind compression. Records each new chunk's refs record in `current`
+/// and its sizes in `report`.
 fn store_new_chunks(
     store: &Store,
-    ids: &[ChunkId],
-    raw_of: &HashMap<ChunkId, &[u8]>,
+    chunks: &[(ChunkId, &[u8], u64)],
     current: &mut HashMap<ChunkId, ChunkInfo>,
     report: &mut ImportReport,
 ) -> Result<()> {
-    if ids.is_empty() {
+    if chunks.is_empty() {
         return Ok(());
     }
-    const WINDOW: usize = 2048;
-    let level = store.config().zstd_level;
+    const WINDOW_BYTES: usize = 16 * PACK_BYTES;
     std::thread::scope(|scope| {
         let (to_writer, windows) = std::sync::mpsc::sync_channel::<WriteBatch>(1);
         let writer = scope.spawn(move || -> Result<()> {
@@ -227,15 +226,9 @@ fn store_new_chunks(
             }
             Ok(())
         });
-        for window in ids.chunks(WINDOW) {
-            let encoded: Vec<(ChunkId, Vec<u8>, u32)> = window
-                .par_iter()
-                .map(|id| {
-                    let raw = raw_of[id];
-                    (*id, encode_chunk(raw, level), raw.len() as u32)
-                })
-                .collect();
-            let batch = new_chunks_batch(store, &encoded, current, report)?;
+        for window in runs(chunks, WINDOW_BYTES, |(_, raw, _)| raw.len()) {
+            let packs = store.build_packs(&chunks[window]);
+            let batch = new_packs_batch(store, &packs, current, report)?;
             if to_writer.send(batch).is_err() {
                 break; // the writer failed; its error is returned below
             }
@@ -248,31 +241,28 @@ fn store_new_chunks(
     store.flush_chunks()
 }
 
-/// A batch that stores `encoded` chunks `(id, stored value, raw length)`
-/// with refs records of refcount 0, which it also records in `current` and
-/// counts in `report`.
-pub(crate) fn new_chunks_batch(
+/// A batch that stores `packs` with their chunks' refs records, which it
+/// also records in `current` and counts in `report`.
+pub(crate) fn new_packs_batch(
     store: &Store,
-    encoded: &[(ChunkId, Vec<u8>, u32)],
+    packs: &[NewPack],
     current: &mut HashMap<ChunkId, ChunkInfo>,
     report: &mut ImportReport,
 ) -> Result<WriteBatch> {
-    let (chunks_cf, refs_cf) = (store.cf(CF_CHUNKS)?, store.cf(CF_REFS)?);
     // Sized up front: growing a large batch copies it each time.
-    let bytes: usize = encoded.iter().map(|(_, v, _)| v.len() + 80).sum();
+    let bytes: usize = packs
+        .iter()
+        .map(|p| p.value.len() + 80 * p.chunks.len() + 32)
+        .sum();
     let mut batch = WriteBatch::with_capacity_bytes(bytes);
-    for (id, stored, raw_len) in encoded {
-        let info = ChunkInfo {
-            refs: 0,
-            raw_len: *raw_len,
-            stored_len: stored.len() as u32,
-        };
-        batch.put_cf(chunks_cf, id.as_bytes(), stored);
-        batch.put_cf(refs_cf, id.as_bytes(), info.encode());
-        current.insert(*id, info);
-        report.new_chunks += 1;
-        report.new_raw_bytes += u64::from(*raw_len);
-        report.new_stored_bytes += stored.len() as u64;
+    store.put_packs(&mut batch, packs)?;
+    for pack in packs {
+        for (id, info) in &pack.chunks {
+            current.insert(*id, *info);
+            report.new_chunks += 1;
+            report.new_raw_bytes += u64::from(info.raw_len);
+            report.new_stored_bytes += u64::from(info.stored_len);
+        }
     }
     Ok(batch)
 }
@@ -303,14 +293,14 @@ pub(crate) fn distinct(manifest: &Manifest) -> HashSet<ChunkId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::format::FileHeader;
     use crate::id::FileIdentity;
 
     /// An image of `blocks` distinct pseudo-random 4 KiB blocks, in reverse
     /// order: enough to take several compression windows.
-    fn image(blocks: u64, seed: u64) -> BootImage {
+    pub(crate) fn image(blocks: u64, seed: u64) -> BootImage {
         let mut x = seed | 1;
         let data: Vec<u8> = (0..blocks * 4096)
             .map(|_| {

@@ -14,6 +14,7 @@ mod id;
 mod import;
 mod manifest;
 mod name;
+mod pack;
 mod record;
 mod remote;
 mod repair;

@@ -3,7 +3,7 @@
 //! (same identity). The rebuilt bytes must hash to the chunk's id, so a
 //! repair can only restore the original content, never invent it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -11,11 +11,10 @@ use std::path::Path;
 use rocksdb::WriteBatch;
 use serde::Serialize;
 
-use crate::codec::encode_chunk;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::Manifest;
 use crate::name::validate_name;
-use crate::store::{ChunkInfo, Store, CF_CHUNKS, CF_REFS};
+use crate::store::{pack_key, Store, CF_PACKS};
 use crate::verify::{Problem, VerifyReport};
 use crate::{Error, Result};
 
@@ -31,6 +30,7 @@ pub struct RepairReport {
 /// files under `images`.
 pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<RepairReport> {
     let mut out = RepairReport::default();
+    let mut rebuilt_chunks: Vec<(ChunkId, Vec<u8>, u64)> = Vec::new();
     // Each VMI file is hashed at most once.
     let mut matches: HashMap<String, std::result::Result<Manifest, String>> = HashMap::new();
     for problem in &report.problems {
@@ -54,7 +54,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             };
             match rebuilt {
                 Ok(raw) => {
-                    rewrite(store, &id, &raw, used_by.len() as u64)?;
+                    rebuilt_chunks.push((id, raw, used_by.len() as u64));
                     out.repaired.push((chunk.clone(), vmi.clone()));
                     done = true;
                     break;
@@ -69,6 +69,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             out.unrepaired.push((chunk.clone(), whys.join("; ")));
         }
     }
+    rewrite(store, &rebuilt_chunks)?;
     Ok(out)
 }
 
@@ -126,19 +127,34 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
     Ok(raw)
 }
 
-/// Stores the rebuilt chunk, keeping its refcount (or setting it to the
-/// number of VMIs that use it when its refs record is gone too).
-fn rewrite(store: &Store, id: &ChunkId, raw: &[u8], users: u64) -> Result<()> {
+/// Stores the rebuilt chunks in new packs, keeping their refcounts (or
+/// setting one to the number of VMIs that use it when its refs record is
+/// gone too), in one synced batch; then deletes the packs they came from
+/// if no other chunk lives there.
+fn rewrite(store: &Store, rebuilt: &[(ChunkId, Vec<u8>, u64)]) -> Result<()> {
+    if rebuilt.is_empty() {
+        return Ok(());
+    }
     let _guard = store.write_lock();
-    let stored = encode_chunk(raw, store.config().zstd_level);
-    let refs = store.chunk_info(id)?.map_or(users, |info| info.refs);
-    let info = ChunkInfo {
-        refs,
-        raw_len: raw.len() as u32,
-        stored_len: stored.len() as u32,
-    };
+    let mut chunks = Vec::with_capacity(rebuilt.len());
+    let mut old_packs = HashSet::new();
+    for (id, raw, users) in rebuilt {
+        let info = store.chunk_info(id)?;
+        if let Some(info) = info {
+            old_packs.insert(info.pack);
+        }
+        chunks.push((*id, &raw[..], info.map_or(*users, |i| i.refs)));
+    }
+    let packs = store.build_packs(&chunks);
     let mut batch = WriteBatch::default();
-    batch.put_cf(store.cf(CF_CHUNKS)?, id.as_bytes(), &stored);
-    batch.put_cf(store.cf(CF_REFS)?, id.as_bytes(), info.encode());
+    store.put_packs(&mut batch, &packs)?;
+    store.write(batch)?;
+    for (_, info) in store.chunk_infos()? {
+        old_packs.remove(&info.pack);
+    }
+    let mut batch = WriteBatch::default();
+    for pack in old_packs {
+        batch.delete_cf(store.cf(CF_PACKS)?, pack_key(pack));
+    }
     store.write(batch)
 }

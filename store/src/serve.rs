@@ -22,10 +22,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
-use crate::codec::decode_chunk;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::ManifestIndex;
 use crate::name::validate_name;
+use crate::pack::Pack;
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -356,21 +356,43 @@ impl ImageServer {
         if let Some(data) = self.cache.get(id) {
             return Ok(data);
         }
-        let data: Arc<[u8]> = self.load_chunk(id)?.into();
-        self.cache.insert(*id, data.clone());
-        Ok(data)
+        let (offset, pack) = self.load_pack_of(id)?;
+        match pack.checked(id, offset) {
+            Ok(raw) => {
+                let data: Arc<[u8]> = raw.into();
+                self.cache.insert(*id, data.clone());
+                self.cache_neighbours(&pack, id);
+                Ok(data)
+            }
+            Err(why) => Err(Error::CorruptChunk { id: *id, why }),
+        }
     }
 
-    /// Reads a chunk from the store. A chunk that is missing or unreadable
-    /// may have moved under a compaction since we last caught up with the
-    /// writer: catch up and try once more. A corrupt one is final.
-    fn load_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        match self.store.read_chunk(id) {
+    /// The pack that holds chunk `id`, and where. A chunk that is missing
+    /// or unreadable may have moved under a compaction or a gc since we
+    /// last caught up with the writer: catch up and try once more. A
+    /// corrupt one is final.
+    fn load_pack_of(&self, id: &ChunkId) -> Result<(u32, Arc<Pack>)> {
+        let found = match self.store.pack_of(id) {
             Err(Error::MissingChunk { .. } | Error::Db(_)) => {
                 self.store.catch_up()?;
-                self.store.read_chunk(id)
+                self.store.pack_of(id)
             }
             other => other,
+        };
+        found.map(|(info, pack)| (info.offset, pack))
+    }
+
+    /// Puts the other chunks of a pack just read in the cache: they were
+    /// first used together with the one asked for, so they are likely
+    /// next.
+    fn cache_neighbours(&self, pack: &Pack, except: &ChunkId) {
+        // Each is named by its own hash, so a damaged one lands under an
+        // id nothing asks for.
+        for (id, _, raw) in pack.identified() {
+            if id != *except && !self.cache.contains(&id) {
+                self.cache.insert(id, raw.into());
+            }
         }
     }
 
@@ -390,20 +412,35 @@ impl ImageServer {
             .preload_total
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         // In recorded order, a window at a time, so the first blocks the VM
-        // needs are loaded first. Each window is one MultiGet (blob reads
-        // sorted by offset), then decoded and checked on every core.
+        // needs are loaded first. Each window reads the packs that hold its
+        // chunks in one MultiGet (blob reads sorted by offset), then decodes
+        // and checks them on every core.
+        let mut packs_done = HashSet::new();
         for window in ids.chunks(256) {
             let wanted: Vec<ChunkId> = window
                 .iter()
                 .filter(|id| !self.cache.contains(id))
                 .copied()
                 .collect();
-            if let Ok(values) = self.store.read_encoded_chunks(&wanted) {
-                wanted.par_iter().zip(values).for_each(|(id, value)| {
-                    // A missing or corrupt chunk is left to the read path,
-                    // which counts it and serves the file.
-                    if let Some(Ok(data)) = value.map(|v| decode_chunk(id, &v)) {
-                        self.cache.insert(*id, data.into());
+            let mut packs = Vec::new();
+            for id in &wanted {
+                // A missing chunk is left to the read path, which counts it
+                // and serves the file.
+                if let Ok(Some(info)) = self.store.chunk_info(id) {
+                    if packs_done.insert(info.pack) {
+                        packs.push(info.pack);
+                    }
+                }
+            }
+            if let Ok(values) = self.store.read_encoded_packs(&packs) {
+                values.into_par_iter().flatten().for_each(|value| {
+                    // A corrupt pack or chunk is left to the read path too.
+                    if let Ok(pack) = crate::pack::decode_pack(&value) {
+                        for (id, _, raw) in pack.identified() {
+                            if !self.cache.contains(&id) {
+                                self.cache.insert(id, raw.into());
+                            }
+                        }
                     }
                 });
             }

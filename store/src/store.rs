@@ -2,10 +2,11 @@
 //! docs/design.md gives the keys and values byte by byte.
 //!
 //! - `meta`: `config` -> JSON [`StoreConfig`]; fixed when the store is made.
-//! - `chunks`: chunk id -> encoded chunk (see `codec`); BlobDB keeps these
-//!   4-64 KiB values out of the LSM tree so compaction does not rewrite them.
-//! - `refs`: chunk id -> [`ChunkInfo`] (refcount and sizes). A chunk and its
-//!   refs record are always written and deleted in the same batch.
+//! - `packs`: pack id (u64 big-endian, allocated in write order) -> encoded
+//!   [`Pack`]: chunks compressed together; BlobDB keeps these values out of
+//!   the LSM tree so compaction does not rewrite them.
+//! - `refs`: chunk id -> [`ChunkInfo`] (refcount, sizes, pack and offset).
+//!   A pack and the refs records of its chunks are written in one batch.
 //! - `manifests`: VMI name -> encoded [`Manifest`].
 //!
 //! Every change that touches refcounts (import, rm, gc) runs under the
@@ -13,9 +14,11 @@
 //! the state before or after it, never a manifest without its chunks.
 
 use std::fs;
+use std::num::NonZeroUsize;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions,
@@ -24,19 +27,26 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::{Chunking, FASTCDC_VERSION};
-use crate::codec::decode_chunk;
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
+use crate::pack::{decode_pack, encode_pack, Pack};
 use crate::{Error, Result};
 
 pub(crate) const CF_META: &str = "meta";
-pub(crate) const CF_CHUNKS: &str = "chunks";
+pub(crate) const CF_PACKS: &str = "packs";
 pub(crate) const CF_REFS: &str = "refs";
 pub(crate) const CF_MANIFESTS: &str = "manifests";
 const CONFIG_KEY: &[u8] = b"config";
+/// `meta` key of the next pack id (u64 LE). Kept, not derived from the last
+/// pack, so an id is never reused after gc deletes the newest pack: a mount
+/// may still hold the old pack under that id.
+const NEXT_PACK_KEY: &[u8] = b"next_pack";
+/// Decoded packs `read_chunk` keeps, so reading a boot image's chunks in
+/// order decodes each pack once.
+const PACK_CACHE: usize = 16;
 /// Subdirectory of the store where each secondary (mount) keeps its logs.
 const SECONDARY_DIR: &str = "secondaries";
-pub const STORE_FORMAT: u32 = 1;
+pub const STORE_FORMAT: u32 = 2;
 
 /// What a store was created with. Never changes afterwards: the chunking
 /// decides chunk ids, so mixing two would stop deduplication silently.
@@ -60,34 +70,59 @@ impl Default for StoreConfig {
 }
 
 /// The `refs` record of a chunk: how many manifests reference it (0 means
-/// garbage that `gc` may collect) and its raw and stored sizes.
+/// garbage that `gc` may collect), its raw size, its share of its pack's
+/// stored bytes, and where it is: pack id and raw offset in the pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkInfo {
     pub refs: u64,
     pub raw_len: u32,
     pub stored_len: u32,
+    pub pack: u64,
+    pub offset: u32,
 }
 
+const INFO_LEN: usize = 28;
+
 impl ChunkInfo {
-    pub(crate) fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    pub(crate) fn encode(&self) -> [u8; INFO_LEN] {
+        let mut out = [0u8; INFO_LEN];
         out[..8].copy_from_slice(&self.refs.to_le_bytes());
         out[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
-        out[12..].copy_from_slice(&self.stored_len.to_le_bytes());
+        out[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.pack.to_le_bytes());
+        out[24..].copy_from_slice(&self.offset.to_le_bytes());
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        let b: &[u8; 16] = bytes
-            .try_into()
-            .map_err(|_| Error::CorruptStore(format!("refs record of {} bytes", bytes.len())))?;
-        let [r0, r1, r2, r3, r4, r5, r6, r7, a0, a1, a2, a3, s0, s1, s2, s3] = *b;
+        if bytes.len() != INFO_LEN {
+            return Err(Error::CorruptStore(format!(
+                "refs record of {} bytes",
+                bytes.len()
+            )));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
         Ok(ChunkInfo {
-            refs: u64::from_le_bytes([r0, r1, r2, r3, r4, r5, r6, r7]),
-            raw_len: u32::from_le_bytes([a0, a1, a2, a3]),
-            stored_len: u32::from_le_bytes([s0, s1, s2, s3]),
+            refs: u64_at(0),
+            raw_len: u32_at(8),
+            stored_len: u32_at(12),
+            pack: u64_at(16),
+            offset: u32_at(24),
         })
     }
+}
+
+/// A pack ready to be written: its id, its value and the refs records of
+/// its chunks (with the refcounts the caller gave).
+pub(crate) struct NewPack {
+    pub id: u64,
+    pub value: Vec<u8>,
+    pub chunks: Vec<(ChunkId, ChunkInfo)>,
+}
+
+pub(crate) fn pack_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
 }
 
 pub struct Store {
@@ -95,6 +130,8 @@ pub struct Store {
     path: PathBuf,
     config: StoreConfig,
     write_lock: Mutex<()>,
+    next_pack: AtomicU64,
+    packs: Mutex<lru::LruCache<u64, Arc<Pack>>>,
     /// Where a secondary instance keeps its own logs; removed on drop.
     secondary_dir: Option<PathBuf>,
 }
@@ -237,11 +274,22 @@ impl Store {
                 ),
             });
         }
+        let next_pack =
+            match db.get_cf(meta, NEXT_PACK_KEY)? {
+                Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
+                    Error::CorruptStore(format!("next pack id of {} bytes", v.len()))
+                })?),
+                None => 1,
+            };
         Ok(Store {
             db,
             path: path.to_path_buf(),
             config,
             write_lock: Mutex::new(()),
+            next_pack: AtomicU64::new(next_pack),
+            packs: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(PACK_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
             secondary_dir,
         })
     }
@@ -271,8 +319,77 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Writes new chunks and their refs records (refcount 0) without the
-    /// WAL: chunk values go to disk once (blob files at flush) instead of
+    /// Builds packs of `chunks` (id, raw bytes, refcount), in the order
+    /// given, compressed on every core, with fresh pack ids. The caller
+    /// holds the write lock and writes them with [`Store::put_packs`].
+    pub(crate) fn build_packs(&self, chunks: &[(ChunkId, &[u8], u64)]) -> Vec<NewPack> {
+        use rayon::prelude::*;
+        let runs = crate::pack::runs(chunks, crate::pack::PACK_BYTES, |(_, raw, _)| raw.len());
+        let first = self
+            .next_pack
+            .fetch_add(runs.len() as u64, Ordering::Relaxed);
+        let level = self.config.zstd_level;
+        runs.into_par_iter()
+            .enumerate()
+            .map(|(i, run)| {
+                let run = &chunks[run];
+                let input: Vec<&[u8]> = run.iter().map(|(_, raw, _)| *raw).collect();
+                let (value, offsets) = encode_pack(&input, level);
+                let raw_total: u64 = run.iter().map(|(_, raw, _)| raw.len() as u64).sum();
+                let id = first + i as u64;
+                // Each chunk's share of the stored bytes, so sums of
+                // `stored_len` (stats, gc plans) add up to the packs' sizes.
+                let mut shares = Vec::with_capacity(run.len());
+                let mut given = 0u64;
+                let mut raw_so_far = 0u64;
+                for (_, raw, _) in run {
+                    raw_so_far += raw.len() as u64;
+                    let upto = (value.len() as u64 * raw_so_far)
+                        .checked_div(raw_total)
+                        .unwrap_or(0);
+                    shares.push((upto - given) as u32);
+                    given = upto;
+                }
+                if let Some(last) = shares.last_mut() {
+                    *last += (value.len() as u64 - given) as u32;
+                }
+                let chunks = run
+                    .iter()
+                    .zip(offsets)
+                    .zip(shares)
+                    .map(|(((cid, raw, refs), offset), share)| {
+                        let info = ChunkInfo {
+                            refs: *refs,
+                            raw_len: raw.len() as u32,
+                            stored_len: share,
+                            pack: id,
+                            offset,
+                        };
+                        (*cid, info)
+                    })
+                    .collect();
+                NewPack { id, value, chunks }
+            })
+            .collect()
+    }
+
+    /// Adds `packs`, their chunks' refs records and the next pack id to
+    /// `batch`.
+    pub(crate) fn put_packs(&self, batch: &mut WriteBatch, packs: &[NewPack]) -> Result<()> {
+        let (packs_cf, refs_cf) = (self.cf(CF_PACKS)?, self.cf(CF_REFS)?);
+        for pack in packs {
+            batch.put_cf(packs_cf, pack_key(pack.id), &pack.value);
+            for (id, info) in &pack.chunks {
+                batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+            }
+        }
+        let next = self.next_pack.load(Ordering::Relaxed);
+        batch.put_cf(self.cf(CF_META)?, NEXT_PACK_KEY, next.to_le_bytes());
+        Ok(())
+    }
+
+    /// Writes new packs and their refs records (refcount 0) without the
+    /// WAL: pack values go to disk once (blob files at flush) instead of
     /// twice (WAL, then blob file), and a reopen has no large WAL to replay.
     /// They are durable only after [`Store::flush_chunks`]; a crash before
     /// loses them, a crash after leaves garbage that `gc` collects. Callers
@@ -284,13 +401,16 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes the `chunks` and `refs` column families atomically (with
-    /// `atomic_flush`, a chunk is never durable without its refs record).
+    /// Flushes the `packs`, `refs` and `meta` column families atomically
+    /// (with `atomic_flush`, a pack is never durable without its chunks'
+    /// refs records, nor without the next pack id past it).
     pub(crate) fn flush_chunks(&self) -> Result<()> {
         let mut flush = FlushOptions::default();
         flush.set_wait(true);
-        self.db
-            .flush_cfs_opt(&[self.cf(CF_CHUNKS)?, self.cf(CF_REFS)?], &flush)?;
+        self.db.flush_cfs_opt(
+            &[self.cf(CF_PACKS)?, self.cf(CF_REFS)?, self.cf(CF_META)?],
+            &flush,
+        )?;
         Ok(())
     }
 
@@ -359,33 +479,65 @@ impl Store {
 
     /// A chunk's raw bytes, checked against its id.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (info, pack) = self.pack_of(id)?;
+        pack.checked(id, info.offset)
+            .map(<[u8]>::to_vec)
+            .map_err(|why| Error::CorruptChunk { id: *id, why })
+    }
+
+    /// Chunk `id`'s refs record and its decoded pack (not yet checked:
+    /// see [`Pack::checked`]). Recently read packs are kept decoded.
+    pub(crate) fn pack_of(&self, id: &ChunkId) -> Result<(ChunkInfo, Arc<Pack>)> {
+        let info = self
+            .chunk_info(id)?
+            .ok_or(Error::MissingChunk { id: *id })?;
+        let cached = lock(&self.packs).get(&info.pack).cloned();
+        if let Some(pack) = cached {
+            return Ok((info, pack));
+        }
         let stored = self
             .db
-            .get_pinned_cf(self.cf(CF_CHUNKS)?, id.as_bytes())?
+            .get_pinned_cf(self.cf(CF_PACKS)?, pack_key(info.pack))?
             .ok_or(Error::MissingChunk { id: *id })?;
-        decode_chunk(id, &stored)
+        let pack = Arc::new(decode_pack(&stored).map_err(|why| Error::CorruptChunk {
+            id: *id,
+            why: format!("pack {}: {why}", info.pack),
+        })?);
+        lock(&self.packs).put(info.pack, pack.clone());
+        Ok((info, pack))
     }
 
-    /// Testing only: replaces chunk `id`'s stored value with `stored`,
-    /// bypassing every check, to plant the corruption that `verify` and the
-    /// mount must catch.
-    #[doc(hidden)]
-    pub fn overwrite_chunk_value(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_CHUNKS)?, id.as_bytes(), stored);
-        self.write(batch)
-    }
-
-    /// The stored (still encoded) values of `ids`, in one RocksDB MultiGet:
-    /// it sorts the blob reads by file and offset, which a loop of gets
-    /// cannot. Each value still needs `decode_chunk`.
-    pub(crate) fn read_encoded_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<Vec<u8>>>> {
-        let cf = self.cf(CF_CHUNKS)?;
+    /// The stored (still encoded) values of packs `ids`, in one RocksDB
+    /// MultiGet: it sorts the blob reads by file and offset, which a loop
+    /// of gets cannot.
+    pub(crate) fn read_encoded_packs(&self, ids: &[u64]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(CF_PACKS)?;
+        let keys: Vec<[u8; 8]> = ids.iter().map(|id| pack_key(*id)).collect();
         self.db
-            .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false)
+            .batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
             .map(|value| Ok(value?.map(|v| v.to_vec())))
             .collect()
+    }
+
+    /// Testing only: inverts chunk `id`'s bytes inside its pack, bypassing
+    /// every check, to plant the corruption (a chunk whose bytes no longer
+    /// hash to its id) that `verify` and the mount must catch.
+    #[doc(hidden)]
+    pub fn corrupt_chunk(&self, id: &ChunkId) -> Result<()> {
+        let (info, pack) = self.pack_of(id)?;
+        let mut chunks: Vec<Vec<u8>> = pack.chunks().map(<[u8]>::to_vec).collect();
+        for (chunk, (cid, _, _)) in chunks.iter_mut().zip(pack.identified()) {
+            if cid == *id {
+                chunk.iter_mut().for_each(|b| *b = !*b);
+            }
+        }
+        let input: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let (value, _) = encode_pack(&input, self.config.zstd_level);
+        lock(&self.packs).pop(&info.pack);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_PACKS)?, pack_key(info.pack), value);
+        self.write(batch)
     }
 
     /// Bytes the store's directory takes on disk.
@@ -405,10 +557,10 @@ impl Store {
     /// Flushes memtables and compacts, so deleted chunks give their space
     /// back: blob files are rewritten without the dead values.
     pub(crate) fn compact(&self) -> Result<()> {
-        let chunks = self.cf(CF_CHUNKS)?;
+        let chunks = self.cf(CF_PACKS)?;
         self.db
             .set_options_cf(chunks, &[("blob_garbage_collection_age_cutoff", "1.0")])?;
-        for name in [CF_CHUNKS, CF_REFS, CF_MANIFESTS] {
+        for name in [CF_PACKS, CF_REFS, CF_MANIFESTS] {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf)?;
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
@@ -425,6 +577,10 @@ impl Drop for Store {
             let _ = fs::remove_dir_all(dir);
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn require_store(path: &Path) -> Result<()> {
@@ -463,8 +619,8 @@ fn db_options(create: bool) -> Options {
     opts.set_compression_type(DBCompressionType::None);
     opts.increase_parallelism(2);
     opts.set_keep_log_file_num(4);
-    // Chunks and their refs records are flushed together or not at all
-    // (see `flush_chunks`).
+    // Packs and their chunks' refs records are flushed together or not at
+    // all (see `flush_chunks`).
     opts.set_atomic_flush(true);
     opts
 }
@@ -475,15 +631,15 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         o.set_compression_type(DBCompressionType::None);
         o
     };
-    let mut chunks = plain();
-    // Chunks are already zstd-compressed: keep them in blob files, compress
+    let mut packs = plain();
+    // Packs are already zstd-compressed: keep them in blob files, compress
     // nothing twice, and let compaction drop dead blobs.
-    chunks.set_enable_blob_files(true);
-    chunks.set_min_blob_size(0);
-    chunks.set_blob_file_size(256 << 20);
-    chunks.set_blob_compression_type(DBCompressionType::None);
-    chunks.set_enable_blob_gc(true);
-    chunks.set_blob_gc_age_cutoff(0.25);
+    packs.set_enable_blob_files(true);
+    packs.set_min_blob_size(0);
+    packs.set_blob_file_size(256 << 20);
+    packs.set_blob_compression_type(DBCompressionType::None);
+    packs.set_enable_blob_gc(true);
+    packs.set_blob_gc_age_cutoff(0.25);
     // Every import asks `refs` whether each of its chunks exists, most of
     // them absent on a first import: a bloom filter answers those without
     // reading a data block.
@@ -493,7 +649,7 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
     refs.set_block_based_table_factory(&table);
     vec![
         ColumnFamilyDescriptor::new(CF_META, plain()),
-        ColumnFamilyDescriptor::new(CF_CHUNKS, chunks),
+        ColumnFamilyDescriptor::new(CF_PACKS, packs),
         ColumnFamilyDescriptor::new(CF_REFS, refs),
         ColumnFamilyDescriptor::new(CF_MANIFESTS, plain()),
     ]

@@ -8,9 +8,9 @@ use rayon::prelude::*;
 use rocksdb::IteratorMode;
 use serde::Serialize;
 
-use crate::codec::decode_chunk;
 use crate::id::ChunkId;
-use crate::store::{ChunkInfo, Store, CF_CHUNKS};
+use crate::pack::decode_pack;
+use crate::store::{ChunkInfo, Store, CF_PACKS};
 use crate::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -27,9 +27,10 @@ pub enum Problem {
         chunk: String,
         used_by: Vec<String>,
     },
-    /// A chunk without a refs record (gc would never see it).
-    UntrackedChunk {
-        chunk: String,
+    /// A pack none of whose chunks has a refs record: space nothing can
+    /// reach or collect.
+    UntrackedPack {
+        pack: u64,
     },
     RefcountMismatch {
         chunk: String,
@@ -67,7 +68,9 @@ impl fmt::Display for Problem {
             Problem::MissingChunk { chunk, used_by } => {
                 write!(f, "missing chunk {chunk}, used by: {}", list(used_by))
             }
-            Problem::UntrackedChunk { chunk } => write!(f, "chunk {chunk} has no refs record"),
+            Problem::UntrackedPack { pack } => {
+                write!(f, "pack {pack} holds no chunk that has a refs record")
+            }
             Problem::RefcountMismatch {
                 chunk,
                 recorded,
@@ -138,84 +141,69 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     let used_by = |id: &ChunkId| users.get(id).cloned().unwrap_or_default();
 
     let infos: HashMap<ChunkId, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
-    let mut present = HashSet::with_capacity(infos.len());
-    let mut batch: Vec<(ChunkId, Box<[u8]>)> = Vec::new();
-    let check_batch = |batch: &mut Vec<(ChunkId, Box<[u8]>)>, report: &mut VerifyReport| {
-        let results: Vec<_> = batch
-            .par_iter()
-            .map(|(id, stored)| {
-                (
-                    *id,
-                    stored.len(),
-                    decode_chunk(id, stored).map(|raw| raw.len()),
-                )
-            })
-            .collect();
-        for (id, stored_len, result) in results {
-            report.chunks += 1;
-            match result {
-                Ok(raw_len) => {
-                    report.chunk_bytes_hashed += raw_len as u64;
-                    check_sizes(
-                        &id,
-                        raw_len,
-                        stored_len,
-                        infos.get(&id),
-                        expected_len.get(&id),
-                        report,
-                    );
-                }
-                Err(e) => report.problems.push(Problem::CorruptChunk {
-                    chunk: id.to_hex(),
-                    why: corrupt_reason(e),
-                    used_by: used_by(&id),
-                }),
-            }
-        }
-        batch.clear();
-    };
+    // Every pack is decoded and every chunk in it re-hashed, on every core.
+    let mut packs = PackCheck::default();
+    let mut window: Vec<(u64, Box<[u8]>)> = Vec::new();
     for item in store
         .db()
-        .iterator_cf(store.cf(CF_CHUNKS)?, IteratorMode::Start)
+        .iterator_cf(store.cf(CF_PACKS)?, IteratorMode::Start)
     {
         let (key, value) = item?;
-        let Some(id) = ChunkId::from_slice(&key) else {
+        let Ok(key) = <[u8; 8]>::try_from(&key[..]) else {
             report.problems.push(Problem::BadKey {
-                column_family: CF_CHUNKS.into(),
+                column_family: CF_PACKS.into(),
                 key_len: key.len(),
             });
             continue;
         };
-        present.insert(id);
-        if !infos.contains_key(&id) {
-            report
-                .problems
-                .push(Problem::UntrackedChunk { chunk: id.to_hex() });
-        }
-        batch.push((id, value));
-        if batch.len() >= 4096 {
-            check_batch(&mut batch, &mut report);
+        window.push((u64::from_be_bytes(key), value));
+        if window.len() >= 64 {
+            packs.check(&mut window, &mut report);
         }
     }
-    check_batch(&mut batch, &mut report);
+    packs.check(&mut window, &mut report);
 
+    let mut pointed_at = HashSet::new();
     for (id, info) in &infos {
+        pointed_at.insert(info.pack);
         let actual = users.get(id).map_or(0, |u| u.len() as u64);
-        if !present.contains(id) {
-            report.problems.push(Problem::MissingChunk {
+        let corrupt = |why: String| Problem::CorruptChunk {
+            chunk: id.to_hex(),
+            why,
+            used_by: used_by(id),
+        };
+        match packs.chunk(id, info) {
+            Err(Found::NoPack) => report.problems.push(Problem::MissingChunk {
                 chunk: id.to_hex(),
                 used_by: used_by(id),
-            });
-        } else if info.refs != actual {
-            report.problems.push(Problem::RefcountMismatch {
-                chunk: id.to_hex(),
-                recorded: info.refs,
-                actual,
-            });
+            }),
+            Err(Found::BadPack(why)) => report
+                .problems
+                .push(corrupt(format!("pack {}: {why}", info.pack))),
+            Err(Found::NotThere) => report.problems.push(corrupt(format!(
+                "pack {} has no such chunk at offset {}",
+                info.pack, info.offset
+            ))),
+            Err(Found::BadChunk(why)) => report.problems.push(corrupt(why)),
+            Ok(raw_len) => {
+                check_sizes(id, raw_len, info, expected_len.get(id), &mut report);
+                if info.refs != actual {
+                    report.problems.push(Problem::RefcountMismatch {
+                        chunk: id.to_hex(),
+                        recorded: info.refs,
+                        actual,
+                    });
+                }
+            }
+        }
+    }
+    for pack in packs.ids() {
+        if !pointed_at.contains(&pack) {
+            report.problems.push(Problem::UntrackedPack { pack });
         }
     }
     for (id, names) in &users {
-        if !present.contains(id) && !infos.contains_key(id) {
+        if !infos.contains_key(id) {
             report.problems.push(Problem::MissingChunk {
                 chunk: id.to_hex(),
                 used_by: names.clone(),
@@ -225,29 +213,91 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     Ok(report)
 }
 
-fn corrupt_reason(e: crate::Error) -> String {
-    match e {
-        crate::Error::CorruptChunk { why, .. } => why,
-        other => other.to_string(),
+/// What verify found in the `packs` column family.
+#[derive(Default)]
+struct PackCheck {
+    /// Packs that did not decode, and why.
+    bad: HashMap<u64, String>,
+    /// Every chunk of the packs that decoded: (pack, offset) -> (the BLAKE3
+    /// of its bytes, its length).
+    chunks: HashMap<(u64, u32), (ChunkId, usize)>,
+    good: HashSet<u64>,
+}
+
+enum Found {
+    NoPack,
+    BadPack(String),
+    NotThere,
+    BadChunk(String),
+}
+
+impl PackCheck {
+    fn check(&mut self, window: &mut Vec<(u64, Box<[u8]>)>, report: &mut VerifyReport) {
+        let results: Vec<_> = window
+            .par_iter()
+            .map(|(pack_id, value)| {
+                let found = decode_pack(value).map(|pack| {
+                    pack.identified()
+                        .into_iter()
+                        .map(|(id, offset, raw)| (id, offset, raw.len()))
+                        .collect::<Vec<_>>()
+                });
+                (*pack_id, found)
+            })
+            .collect();
+        for (pack_id, found) in results {
+            match found {
+                Err(why) => {
+                    self.bad.insert(pack_id, why);
+                }
+                Ok(chunks) => {
+                    self.good.insert(pack_id);
+                    for (id, offset, len) in chunks {
+                        report.chunks += 1;
+                        report.chunk_bytes_hashed += len as u64;
+                        self.chunks.insert((pack_id, offset), (id, len));
+                    }
+                }
+            }
+        }
+        window.clear();
+    }
+
+    /// Chunk `id` where its refs record `info` places it.
+    fn chunk(&self, id: &ChunkId, info: &ChunkInfo) -> std::result::Result<usize, Found> {
+        if let Some(why) = self.bad.get(&info.pack) {
+            return Err(Found::BadPack(why.clone()));
+        }
+        if !self.good.contains(&info.pack) {
+            return Err(Found::NoPack);
+        }
+        match self.chunks.get(&(info.pack, info.offset)) {
+            None => Err(Found::NotThere),
+            Some((found, _)) if found != id => Err(Found::BadChunk(
+                "content does not match its BLAKE3 id".into(),
+            )),
+            Some((_, len)) => Ok(*len),
+        }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.good.iter().chain(self.bad.keys()).copied()
     }
 }
 
 fn check_sizes(
     id: &ChunkId,
     raw_len: usize,
-    stored_len: usize,
-    info: Option<&ChunkInfo>,
+    info: &ChunkInfo,
     expected: Option<&u32>,
     report: &mut VerifyReport,
 ) {
     let mut why = Vec::new();
-    if let Some(info) = info {
-        if info.raw_len as usize != raw_len || info.stored_len as usize != stored_len {
-            why.push(format!(
-                "refs record says {}/{} raw/stored bytes, chunk has {raw_len}/{stored_len}",
-                info.raw_len, info.stored_len
-            ));
-        }
+    if info.raw_len as usize != raw_len {
+        why.push(format!(
+            "refs record says {} raw bytes, chunk has {raw_len}",
+            info.raw_len
+        ));
     }
     if let Some(&len) = expected {
         if len as usize != raw_len {

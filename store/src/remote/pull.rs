@@ -14,7 +14,7 @@ use super::lock::LockKind;
 use super::{chunk_key, current_versions, decode_manifest_object, ManifestVersion, Remote};
 use crate::codec::decode_chunk;
 use crate::id::ChunkId;
-use crate::import::{chunk_infos_of, new_chunks_batch, register_manifests, ImportReport};
+use crate::import::{chunk_infos_of, new_packs_batch, register_manifests, ImportReport};
 use crate::manifest::Manifest;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -80,11 +80,17 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
         }
     }
 
-    // Each distinct chunk with its raw length, which its data must match.
+    // Each distinct chunk with its raw length, which its data must match,
+    // in the order the boot images first use them (the order they are
+    // packed in).
     let mut raw_len: HashMap<ChunkId, u32> = HashMap::new();
+    let mut first_use: Vec<ChunkId> = Vec::new();
     for (_, manifest) in &manifests {
         for chunk in &manifest.chunks {
-            raw_len.entry(chunk.id).or_insert(chunk.len);
+            if let std::collections::hash_map::Entry::Vacant(e) = raw_len.entry(chunk.id) {
+                e.insert(chunk.len);
+                first_use.push(chunk.id);
+            }
         }
     }
     report.chunks = raw_len.len() as u64;
@@ -94,15 +100,14 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     let _guard = store.write_lock();
     let mut known = chunk_infos_of(store, raw_len.keys().copied().collect())?;
     let mut missing: Vec<ChunkId> = Vec::new();
-    for (id, len) in &raw_len {
-        if known.contains_key(id) {
+    for id in first_use {
+        if known.contains_key(&id) {
             report.local_chunks += 1;
-            report.local_raw_bytes += u64::from(*len);
+            report.local_raw_bytes += u64::from(raw_len[&id]);
         } else {
-            missing.push(*id);
+            missing.push(id);
         }
     }
-    missing.sort_unstable();
     let total: u64 = missing.iter().map(|id| u64::from(raw_len[id])).sum();
     remote.report_progress(0, total);
 
@@ -111,19 +116,23 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     for window in missing.chunks(WINDOW) {
         lock.check_held()?;
         let fetched = fetch_chunks(remote, window)?;
-        let checked: Vec<(ChunkId, std::result::Result<Vec<u8>, String>)> = fetched
+        let mut checked: Vec<(ChunkId, std::result::Result<(Vec<u8>, usize), String>)> = fetched
             .into_par_iter()
             .map(|(id, value)| (id, value.and_then(|v| check_chunk(&id, v, raw_len[&id]))))
             .collect();
+        // Fetched out of order; packed in first-use order.
+        let position: HashMap<ChunkId, usize> =
+            window.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        checked.sort_by_key(|(id, _)| position.get(id).copied());
         let mut good = Vec::with_capacity(checked.len());
-        for (id, value) in checked {
+        for (id, value) in &checked {
             match value {
-                Ok(value) => {
-                    report.downloaded_bytes += value.len() as u64;
-                    good.push((id, value, raw_len[&id]));
+                Ok((raw, object_len)) => {
+                    report.downloaded_bytes += *object_len as u64;
+                    good.push((*id, &raw[..], 0));
                 }
                 Err(why) => {
-                    bad.insert(id, why);
+                    bad.insert(*id, why.clone());
                 }
             }
         }
@@ -131,7 +140,8 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
         // the bottleneck here, and a killed pull keeps every window it
         // finished, so running it again resumes where it stopped.
         let mut counts = ImportReport::default();
-        store.write(new_chunks_batch(store, &good, &mut known, &mut counts)?)?;
+        let packs = store.build_packs(&good);
+        store.write(new_packs_batch(store, &packs, &mut known, &mut counts)?)?;
         report.downloaded_chunks += counts.new_chunks;
         done += window.iter().map(|id| u64::from(raw_len[id])).sum::<u64>();
         remote.report_progress(done, total);
@@ -230,12 +240,12 @@ fn fetch_chunks(
 }
 
 /// A downloaded chunk value is stored only if it decodes to `raw_len`
-/// bytes whose BLAKE3 is its id.
+/// bytes whose BLAKE3 is its id. Returns those bytes and the object's size.
 fn check_chunk(
     id: &ChunkId,
     value: bytes::Bytes,
     raw_len: u32,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<(Vec<u8>, usize), String> {
     // Read from the header before decoding, so a hostile length cannot make
     // the decoder allocate more than the manifest allows.
     let header_len = value
@@ -247,6 +257,6 @@ fn check_chunk(
             "its header gives {header_len:?} raw bytes, the manifest {raw_len}"
         ));
     }
-    decode_chunk(id, &value).map_err(|e| e.to_string())?;
-    Ok(value.to_vec())
+    let raw = decode_chunk(id, &value).map_err(|e| e.to_string())?;
+    Ok((raw, value.len()))
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::lock::LockKind;
 use super::{chunk_key, current_versions, encode_manifest_object, manifest_key, Remote};
-use crate::codec::decode_chunk;
+use crate::codec::encode_chunk;
 use crate::id::ChunkId;
 use crate::import::chunk_infos_of;
 use crate::manifest::Manifest;
@@ -71,23 +71,26 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
         }
     }
     let infos = chunk_infos_of(store, missing.clone())?;
+    // In pack order, so each pack is decoded once.
+    missing.sort_by_key(|id| infos.get(id).map(|i| (i.pack, i.offset)));
     let total: u64 = infos.values().map(|i| u64::from(i.stored_len)).sum();
     remote.report_progress(0, total);
+    let level = store.config().zstd_level;
 
     for window in missing.chunks(WINDOW) {
         lock.check_held()?;
-        // Checked before it leaves the node: a corrupt local chunk must not
-        // reach every other node.
-        let values = store.read_encoded_chunks(window)?;
-        let checked = window
-            .par_iter()
-            .zip(values)
-            .map(|(id, value)| {
-                let value = value.ok_or(Error::MissingChunk { id: *id })?;
-                decode_chunk(id, &value)?;
-                Ok((*id, bytes::Bytes::from(value)))
-            })
+        // Checked before it leaves the node (`read_chunk` hashes it): a
+        // corrupt local chunk must not reach every other node. On the
+        // remote each chunk is an object of its own.
+        let raws = window
+            .iter()
+            .map(|id| store.read_chunk(id))
             .collect::<Result<Vec<_>>>()?;
+        let checked: Vec<(ChunkId, bytes::Bytes)> = window
+            .par_iter()
+            .zip(raws)
+            .map(|(id, raw)| (*id, bytes::Bytes::from(encode_chunk(&raw, level))))
+            .collect();
         let sent: Vec<(bool, u64)> = remote.runtime.block_on(
             futures::stream::iter(checked)
                 .map(|(id, value)| async move {

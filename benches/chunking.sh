@@ -22,16 +22,23 @@ ratio() { python3 -c "print(f'{$logical / $1:.2f}x')"; }
 echo "boot images: $#, summed block data: $logical bytes ($((logical >> 20)) MiB)"
 printf '%-34s %14s %10s %8s\n' "method" "stored bytes" "ratio" "chunks"
 
-for chunking in fixed:4096 fixed:16384 fixed:65536 fastcdc:1024:4096:16384 fastcdc:2048:8192:32768 \
-    fastcdc:4096:16384:65536 fastcdc:16384:65536:262144; do
-    s="$work/store-$chunking"
-    "$bin" --store "$s" init --chunking "$chunking" >/dev/null
-    "$bin" --store "$s" import "$@" >/dev/null
+yolo() { # yolo CHUNKING LEVEL: one store, its stored bytes
+    local s="$work/store"
+    "$bin" --store "$s" init --chunking "$1" --zstd-level "$2" >/dev/null
+    "$bin" --store "$s" import "${images[@]}" >/dev/null
     read -r stored chunks < <("$bin" --store "$s" stats --json |
         python3 -c 'import json,sys; t=json.load(sys.stdin)["totals"]; print(t["stored_bytes"], t["chunks"])')
-    printf '%-34s %14d %10s %8d\n' "yolo-store $chunking" "$stored" "$(ratio "$stored")" "$chunks"
+    local label="yolo-store $1"
+    [ "$2" = 3 ] || label="$label, zstd level $2"
+    printf '%-34s %14d %10s %8d\n' "$label" "$stored" "$(ratio "$stored")" "$chunks"
     rm -rf "$s"
+}
+images=("$@")
+for chunking in fixed:4096 fixed:16384 fixed:65536 fastcdc:1024:4096:16384 fastcdc:2048:8192:32768 \
+    fastcdc:4096:16384:65536 fastcdc:16384:65536:262144; do
+    yolo "$chunking" 3
 done
+for level in 6 9; do yolo fixed:4096 "$level"; done
 
 mkdir -p "$work/casync.castr"
 for b in "$work"/*.blocks; do

@@ -33,24 +33,26 @@ raw="$work/raw"
 bytes=$(stat -c %s "$raw")
 echo "data: ${#images[@]} boot image(s), $((bytes >> 20)) MiB of block data; $(nproc) cores"
 
-best() { # best wall time in seconds over 3 runs of "$@"
-    local best=""
-    for _ in 1 2 3; do
-        "${prepare[@]}"
-        local t0 t1
-        t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
-        best=$(python3 -c "t=$t1-$t0; b='$best'; print(min(t, float(b)) if b else t)")
-    done
-    echo "$best"
+# Rounds of: zstd, import into an empty store, re-import; the best time of
+# each over the rounds. Interleaved, so a noisy spell on this shared machine
+# slows the baseline as much as what is compared with it.
+ROUNDS=${ROUNDS:-5}
+timed() { # seconds that "$@" took
+    local t0 t1
+    t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N)
+    python3 -c "print($t1 - $t0)"
 }
+min() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$@"; }
 mbps() { python3 -c "print(f'{$bytes / $1 / 1e6:.0f}')"; }
-
-prepare=(sync)
-t_zstd=$(best zstd -3 -T2 -q -c "$raw")
-prepare=(rm -rf "$work/store")
-t_new=$(best "$bin" --store "$work/store" import "${images[@]}")
-prepare=(true)
-t_again=$(best "$bin" --store "$work/store" import "${images[@]}")
+zs=(); news=(); agains=()
+for _ in $(seq "$ROUNDS"); do
+    sync
+    zs+=("$(timed zstd -3 -T2 -q -c "$raw")")
+    rm -rf "$work/store"; sync
+    news+=("$(timed "$bin" --store "$work/store" import "${images[@]}")")
+    agains+=("$(timed "$bin" --store "$work/store" import "${images[@]}")")
+done
+t_zstd=$(min "${zs[@]}"); t_new=$(min "${news[@]}"); t_again=$(min "${agains[@]}")
 
 printf '%-32s %8s %8s\n' "run" "seconds" "MB/s"
 printf '%-32s %8.2f %8s\n' "zstd -3 -T2 (baseline)" "$t_zstd" "$(mbps "$t_zstd")"

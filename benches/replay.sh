@@ -29,10 +29,12 @@ trap cleanup EXIT
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mount_fresh() {
     umount "$mnt" 2>/dev/null || true
-    "$bin" --store "$work/store" mount --images "$images" "$mnt" 2>/dev/null &
+    "$bin" --store "$work/store" mount --images "$images" "$mnt" 2>>"$work/mount.log" &
+    local pid=$!
     for _ in $(seq 200); do [ -e "$mnt/.yolo-status" ] && break; sleep 0.05; done
     # As on a node, the mount has checked its VMIs before a VM starts.
-    until python3 -c "import json,sys; sys.exit(not json.load(open('$mnt/.yolo-status'))['startup_verification_done'])"; do
+    until python3 -c "import json,sys; sys.exit(not json.load(open('$mnt/.yolo-status'))['startup_verification_done'])" 2>/dev/null; do
+        kill -0 "$pid" 2>/dev/null || { echo "the mount exited:" >&2; cat "$work/mount.log" >&2; exit 1; }
         sleep 0.1
     done
 }

@@ -40,7 +40,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         out,
-        "stored:       {} (chunk data after zstd)",
+        "stored:       {} (packs of chunks, after zstd)",
         human::bytes(t.stored_bytes)
     )?;
     writeln!(

@@ -116,7 +116,7 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     for window in missing.chunks(WINDOW) {
         lock.check_held()?;
         let fetched = fetch_chunks(remote, window)?;
-        let mut checked: Vec<(ChunkId, std::result::Result<(Vec<u8>, usize), String>)> = fetched
+        let mut checked: Vec<(ChunkId, CheckedChunk)> = fetched
             .into_par_iter()
             .map(|(id, value)| (id, value.and_then(|v| check_chunk(&id, v, raw_len[&id]))))
             .collect();
@@ -239,13 +239,12 @@ fn fetch_chunks(
         .collect()
 }
 
+/// A chunk's raw bytes and its object's size, or why it was refused.
+type CheckedChunk = std::result::Result<(Vec<u8>, usize), String>;
+
 /// A downloaded chunk value is stored only if it decodes to `raw_len`
 /// bytes whose BLAKE3 is its id. Returns those bytes and the object's size.
-fn check_chunk(
-    id: &ChunkId,
-    value: bytes::Bytes,
-    raw_len: u32,
-) -> std::result::Result<(Vec<u8>, usize), String> {
+fn check_chunk(id: &ChunkId, value: bytes::Bytes, raw_len: u32) -> CheckedChunk {
     // Read from the header before decoding, so a hostile length cannot make
     // the decoder allocate more than the manifest allows.
     let header_len = value

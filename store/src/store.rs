@@ -258,7 +258,7 @@ impl Store {
             return Err(Error::StoreConfig {
                 path: path.to_path_buf(),
                 why: format!(
-                    "store format {} is not supported (this build: {STORE_FORMAT})",
+                    "store format {} is not supported (this build: {STORE_FORMAT}); import the boot images (.yolo) into a new store",
                     config.format
                 ),
             });

@@ -9,39 +9,24 @@ each (raw when zstd does not shrink a group): the experiment behind the
 pack size in docs/chunking.md. Needs python3-zstandard (pip zstandard).
 """
 import hashlib
-import struct
+import importlib.util
+import pathlib
 import sys
 import time
 
 import zstandard
 
-
-def blocks(path):
-    """The block data of every file of a .yolo, block by block (docs/format.md)."""
-    data = open(path, "rb").read()
-    if data[:8] != b"YOLOBOOT":
-        sys.exit(f"{path}: not a .yolo boot image")
-    block_size, files = struct.unpack_from("<II", data, 12)
-    at = 24
-    for _ in range(files):
-        (name_len,) = struct.unpack_from("<H", data, at)
-        at += 2 + name_len
-        (file_size,) = struct.unpack_from("<Q", data, at)
-        at += 8 + 1 + 32
-        (count,) = struct.unpack_from("<Q", data, at)
-        at += 8
-        ids = struct.unpack_from(f"<{count}Q", data, at)
-        at += 8 * count
-        for block in ids:
-            n = min(block_size, file_size - block * block_size)
-            yield data[at : at + n]
-            at += n
+_spec = importlib.util.spec_from_file_location(
+    "yolo_blocks", pathlib.Path(__file__).parent.parent / "scripts" / "yolo-blocks.py"
+)
+yolo_blocks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(yolo_blocks)
 
 
 def main():
     seen, distinct = set(), []
     for path in sys.argv[1:]:
-        for block in blocks(path):
+        for block in yolo_blocks.blocks(path):
             digest = hashlib.blake2b(block).digest()
             if digest not in seen:
                 seen.add(digest)

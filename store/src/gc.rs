@@ -208,17 +208,8 @@ fn collect_packs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::import::tests::image;
+    use crate::import::tests::{image, stream};
     use crate::import::{import, ImportOptions};
-
-    fn stream(store: &Store, name: &str) -> Vec<u8> {
-        let manifest = store.manifest(name).unwrap();
-        manifest
-            .chunks
-            .iter()
-            .flat_map(|c| store.read_chunk(&c.id).unwrap())
-            .collect()
-    }
 
     #[test]
     fn gc_rewrites_packs_around_the_chunks_others_still_use() {

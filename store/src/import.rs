@@ -355,6 +355,17 @@ pub(crate) mod tests {
     use crate::format::FileHeader;
     use crate::id::FileIdentity;
 
+    /// Every chunk a VMI's manifest references, read back in order: its
+    /// block stream.
+    pub(crate) fn stream(store: &Store, name: &str) -> Vec<u8> {
+        let manifest = store.manifest(name).unwrap();
+        manifest
+            .chunks
+            .iter()
+            .flat_map(|c| store.read_chunk(&c.id).unwrap())
+            .collect()
+    }
+
     /// An image of `blocks` distinct pseudo-random 4 KiB blocks, in reverse
     /// order: enough to take several compression windows.
     pub(crate) fn image(blocks: u64, seed: u64) -> BootImage {
@@ -410,12 +421,7 @@ pub(crate) mod tests {
         let first = import(&store, &img, &ImportOptions::default()).unwrap();
         assert_eq!(first.new_chunks, 5000);
         assert!(first.new_stored_bytes < first.new_raw_bytes);
-        let manifest = store.manifest("vmi3").unwrap();
-        let mut stream = Vec::new();
-        for chunk in &manifest.chunks {
-            stream.extend(store.read_chunk(&chunk.id).unwrap());
-        }
-        assert!(stream == img.files[0].data);
+        assert!(stream(&store, "vmi3") == img.files[0].data);
         let again = import(&store, &img, &ImportOptions::default()).unwrap();
         assert_eq!((again.new_chunks, again.new_raw_bytes), (0, 0));
         let report = crate::verify::verify(&store).unwrap();

@@ -3,7 +3,7 @@
 //! (same identity). The rebuilt bytes must hash to the chunk's id, so a
 //! repair can only restore the original content, never invent it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -129,32 +129,33 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
 
 /// Stores the rebuilt chunks in new packs, keeping their refcounts (or
 /// setting one to the number of VMIs that use it when its refs record is
-/// gone too), in one synced batch; then deletes the packs they came from
-/// if no other chunk lives there.
+/// gone too), and deletes each pack they leave empty, in one synced batch:
+/// a repair killed part way leaves the store as it was, or repaired.
 fn rewrite(store: &Store, rebuilt: &[(ChunkId, Vec<u8>, u64)]) -> Result<()> {
     if rebuilt.is_empty() {
         return Ok(());
     }
     let _guard = store.write_lock();
+    // How many chunks live in each pack, less those that move out.
+    let mut remaining: HashMap<u64, u64> = HashMap::new();
+    for (_, info) in store.chunk_infos()? {
+        *remaining.entry(info.pack).or_default() += 1;
+    }
     let mut chunks = Vec::with_capacity(rebuilt.len());
-    let mut old_packs = HashSet::new();
     for (id, raw, users) in rebuilt {
         let info = store.chunk_info(id)?;
-        if let Some(info) = info {
-            old_packs.insert(info.pack);
+        if let Some(count) = info.and_then(|i| remaining.get_mut(&i.pack)) {
+            *count -= 1;
         }
         chunks.push((*id, &raw[..], info.map_or(*users, |i| i.refs)));
     }
     let packs = store.build_packs(&chunks);
     let mut batch = WriteBatch::default();
     store.put_packs(&mut batch, &packs)?;
-    store.write(batch)?;
-    for (_, info) in store.chunk_infos()? {
-        old_packs.remove(&info.pack);
-    }
-    let mut batch = WriteBatch::default();
-    for pack in old_packs {
-        batch.delete_cf(store.cf(CF_PACKS)?, pack_key(pack));
+    for (pack, count) in remaining {
+        if count == 0 {
+            batch.delete_cf(store.cf(CF_PACKS)?, pack_key(pack));
+        }
     }
     store.write(batch)
 }

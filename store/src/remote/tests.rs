@@ -9,6 +9,7 @@ use super::lock::LockKind;
 use super::*;
 use crate::format::{BootImage, FileHeader, FileImage};
 use crate::id::FileIdentity;
+use crate::import::tests::stream;
 use crate::import::{import, ImportOptions};
 use crate::store::Store;
 use crate::verify::verify;
@@ -63,16 +64,6 @@ fn remote(dir: &Path) -> Remote {
         RemoteOptions::default(),
     )
     .unwrap()
-}
-
-/// Every chunk a VMI's manifest references, read back in order.
-fn stream(store: &Store, name: &str) -> Vec<u8> {
-    let manifest = store.manifest(name).unwrap();
-    manifest
-        .chunks
-        .iter()
-        .flat_map(|c| store.read_chunk(&c.id).unwrap())
-        .collect()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::id::ChunkId;
 use crate::import::distinct;
 use crate::pack::decode_pack;
-use crate::store::{pack_key, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
+use crate::store::{pack_key, ChunkInfo, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
 use crate::{Error, Result};
 
 /// Removes the named boot images in one atomic write.
@@ -109,9 +109,12 @@ pub fn execute_gc(store: &Store, plan: &GcPlan) -> Result<GcReport> {
     };
     {
         let _guard = store.write_lock();
+        // Every refs record, read once under the lock: the planned chunks'
+        // refcounts again, and where the chunks that stay are.
+        let infos: HashMap<ChunkId, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
         let mut dead: BTreeMap<u64, Vec<ChunkId>> = BTreeMap::new();
         for id in &plan.chunks {
-            match store.chunk_info(id)? {
+            match infos.get(id) {
                 Some(info) if info.refs == 0 => dead.entry(info.pack).or_default().push(*id),
                 Some(_) => report.revived_chunks += 1,
                 None => {}
@@ -121,14 +124,14 @@ pub fn execute_gc(store: &Store, plan: &GcPlan) -> Result<GcReport> {
         // rewritten is still deleted when nothing else lives in it.
         let dead_ids: HashSet<ChunkId> = dead.values().flatten().copied().collect();
         let mut live_in: HashMap<u64, u64> = HashMap::new();
-        for (id, info) in store.chunk_infos()? {
-            if !dead_ids.contains(&id) {
+        for (id, info) in &infos {
+            if !dead_ids.contains(id) {
                 *live_in.entry(info.pack).or_default() += 1;
             }
         }
         let packs: Vec<(u64, Vec<ChunkId>)> = dead.into_iter().collect();
         for window in packs.chunks(PACKS_PER_BATCH) {
-            collect_packs(store, window, &live_in, &mut report)?;
+            collect_packs(store, window, &infos, &live_in, &mut report)?;
         }
     }
     store.compact()?;
@@ -141,6 +144,7 @@ pub fn execute_gc(store: &Store, plan: &GcPlan) -> Result<GcReport> {
 fn collect_packs(
     store: &Store,
     dead: &[(u64, Vec<ChunkId>)],
+    infos: &HashMap<ChunkId, ChunkInfo>,
     live_in: &HashMap<u64, u64>,
     report: &mut GcReport,
 ) -> Result<()> {
@@ -176,7 +180,7 @@ fn collect_packs(
             if dead_ids.contains(&id) {
                 continue;
             }
-            if let Some(info) = store.chunk_info(&id)? {
+            if let Some(info) = infos.get(&id) {
                 if info.pack == *pack_id && info.offset == offset {
                     live.push((id, raw.to_vec(), info.refs));
                 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::Manifest;
 use crate::name::validate_name;
-use crate::store::{pack_key, Store, CF_PACKS};
+use crate::store::{pack_key, ChunkInfo, Store, CF_PACKS};
 use crate::verify::{Problem, VerifyReport};
 use crate::{Error, Result};
 
@@ -137,13 +137,14 @@ fn rewrite(store: &Store, rebuilt: &[(ChunkId, Vec<u8>, u64)]) -> Result<()> {
     }
     let _guard = store.write_lock();
     // How many chunks live in each pack, less those that move out.
+    let infos: HashMap<ChunkId, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
     let mut remaining: HashMap<u64, u64> = HashMap::new();
-    for (_, info) in store.chunk_infos()? {
+    for info in infos.values() {
         *remaining.entry(info.pack).or_default() += 1;
     }
     let mut chunks = Vec::with_capacity(rebuilt.len());
     for (id, raw, users) in rebuilt {
-        let info = store.chunk_info(id)?;
+        let info = infos.get(id);
         if let Some(count) = info.and_then(|i| remaining.get_mut(&i.pack)) {
             *count -= 1;
         }

@@ -23,9 +23,10 @@ use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
 use crate::id::{ChunkId, FileIdentity};
+use crate::import::chunk_infos_of;
 use crate::manifest::ManifestIndex;
 use crate::name::validate_name;
-use crate::pack::Pack;
+use crate::pack::{decode_pack, Pack};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -357,14 +358,11 @@ impl ImageServer {
             return Ok(data);
         }
         let (offset, pack) = self.load_pack_of(id)?;
-        match pack.checked(id, offset) {
-            Ok(raw) => {
-                let data: Arc<[u8]> = raw.into();
-                self.cache.insert(*id, data.clone());
-                self.cache_neighbours(&pack, id);
-                Ok(data)
-            }
-            Err(why) => Err(Error::CorruptChunk { id: *id, why }),
+        let corrupt = |why: String| Error::CorruptChunk { id: *id, why };
+        match self.cache_pack(&pack, Some(offset)) {
+            Some((found, data)) if found == *id => Ok(data),
+            Some(_) => Err(corrupt("content does not match its BLAKE3 id".into())),
+            None => Err(corrupt(format!("its pack has no chunk at offset {offset}"))),
         }
     }
 
@@ -383,17 +381,23 @@ impl ImageServer {
         found.map(|(info, pack)| (info.offset, pack))
     }
 
-    /// Puts the other chunks of a pack just read in the cache: they were
-    /// first used together with the one asked for, so they are likely
-    /// next.
-    fn cache_neighbours(&self, pack: &Pack, except: &ChunkId) {
-        // Each is named by its own hash, so a damaged one lands under an
-        // id nothing asks for.
-        for (id, _, raw) in pack.identified() {
-            if id != *except && !self.cache.contains(&id) {
-                self.cache.insert(id, raw.into());
+    /// Puts every chunk of a pack just read in the cache: they were first
+    /// used together, so the neighbours of the one asked for are likely
+    /// next. Each is named by the BLAKE3 of its own bytes, so a damaged one
+    /// lands under an id nothing asks for. Returns the chunk at raw
+    /// `offset`, with the id its bytes hash to.
+    fn cache_pack(&self, pack: &Pack, offset: Option<u32>) -> Option<(ChunkId, Arc<[u8]>)> {
+        let mut at_offset = None;
+        for (id, at, raw) in pack.identified() {
+            let data: Arc<[u8]> = raw.into();
+            if Some(at) == offset {
+                at_offset = Some((id, data.clone()));
+            }
+            if !self.cache.contains(&id) {
+                self.cache.insert(id, data);
             }
         }
+        at_offset
     }
 
     /// You Only Load Once: loads an open file's chunks into the cache in
@@ -422,25 +426,20 @@ impl ImageServer {
                 .filter(|id| !self.cache.contains(id))
                 .copied()
                 .collect();
+            // A missing chunk is left to the read path, which counts it and
+            // serves the file.
+            let infos = chunk_infos_of(&self.store, wanted.clone()).unwrap_or_default();
             let mut packs = Vec::new();
-            for id in &wanted {
-                // A missing chunk is left to the read path, which counts it
-                // and serves the file.
-                if let Ok(Some(info)) = self.store.chunk_info(id) {
-                    if packs_done.insert(info.pack) {
-                        packs.push(info.pack);
-                    }
+            for info in wanted.iter().filter_map(|id| infos.get(id)) {
+                if packs_done.insert(info.pack) {
+                    packs.push(info.pack);
                 }
             }
             if let Ok(values) = self.store.read_encoded_packs(&packs) {
                 values.into_par_iter().flatten().for_each(|value| {
                     // A corrupt pack or chunk is left to the read path too.
-                    if let Ok(pack) = crate::pack::decode_pack(&value) {
-                        for (id, _, raw) in pack.identified() {
-                            if !self.cache.contains(&id) {
-                                self.cache.insert(id, raw.into());
-                            }
-                        }
+                    if let Ok(pack) = decode_pack(&value) {
+                        self.cache_pack(&pack, None);
                     }
                 });
             }

@@ -23,7 +23,9 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if args.name.is_some() && args.files.len() != 1 {
         anyhow::bail!("--name applies to a single boot image");
     }
-    let store = wait_for_writer(path, || Store::open_or_create(path, None))?;
+    // Opened at the first boot image that parses: an import that fails
+    // makes no store.
+    let mut store = None;
     let total: u64 = args
         .files
         .iter()
@@ -41,7 +43,18 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let mut done = 0u64;
     for file in &args.files {
         bar.set_message(file.display().to_string());
-        let result = import_one(&store, file, args.name.as_deref(), &bar, done);
+        let result = match BootImage::open(file) {
+            Ok(image) => {
+                let store = match &mut store {
+                    Some(store) => store,
+                    None => {
+                        store.insert(wait_for_writer(path, || Store::open_or_create(path, None))?)
+                    }
+                };
+                import_one(store, &image, args.name.as_deref(), &bar, done)
+            }
+            Err(e) => Err(e.into()),
+        };
         done += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         bar.set_position(done);
         match result {
@@ -82,17 +95,16 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
 
 fn import_one(
     store: &Store,
-    file: &Path,
+    image: &BootImage,
     name: Option<&str>,
     bar: &ProgressBar,
     base: u64,
 ) -> anyhow::Result<ImportReport> {
-    let image = BootImage::open(file)?;
     bar.set_position(base);
     let progress = |n: u64| bar.set_position(base + n);
     Ok(import(
         store,
-        &image,
+        image,
         &ImportOptions {
             name,
             progress: Some(&progress),

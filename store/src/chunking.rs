@@ -31,6 +31,15 @@ impl Default for Chunking {
 }
 
 impl Chunking {
+    /// The longest chunk this chunking cuts: the bound on every chunk length
+    /// read from outside before it sizes a buffer.
+    pub fn max_len(&self) -> u32 {
+        match *self {
+            Chunking::Fixed { size } => size,
+            Chunking::Fastcdc { max, .. } => max,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         use fastcdc::v2020 as cdc;
         match *self {

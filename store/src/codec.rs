@@ -63,12 +63,17 @@ pub fn encode_chunk(raw: &[u8], zstd_level: i32) -> Vec<u8> {
 
 /// Decodes a stored chunk and checks it against its id: a chunk whose bytes
 /// no longer hash to its name is an error, never data.
-pub fn decode_chunk(id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>> {
+pub fn decode_chunk(id: &ChunkId, stored: &[u8], max_len: u32) -> Result<Vec<u8>> {
     let corrupt = |why: String| Error::CorruptChunk { id: *id, why };
     if stored.len() < HEADER {
         return Err(corrupt(format!("{}-byte value is too short", stored.len())));
     }
     let raw_len = u32::from_le_bytes([stored[1], stored[2], stored[3], stored[4]]) as usize;
+    if raw_len > max_len as usize {
+        return Err(corrupt(format!(
+            "header gives {raw_len} bytes, more than the {max_len} a chunk may hold"
+        )));
+    }
     let payload = &stored[HEADER..];
     let raw = match stored[0] {
         RAW => payload.to_vec(),
@@ -101,7 +106,7 @@ mod tests {
             let id = ChunkId::of(raw);
             let stored = encode_chunk(raw, 3);
             assert!(stored.len() <= raw.len() + HEADER);
-            assert_eq!(decode_chunk(&id, &stored).unwrap(), raw);
+            assert_eq!(decode_chunk(&id, &stored, 1 << 20).unwrap(), raw);
         }
     }
 
@@ -113,7 +118,10 @@ mod tests {
         for i in 0..stored.len() {
             let mut bad = stored.clone();
             bad[i] ^= 1;
-            assert!(decode_chunk(&id, &bad).is_err(), "flip at {i} accepted");
+            assert!(
+                decode_chunk(&id, &bad, 1 << 20).is_err(),
+                "flip at {i} accepted"
+            );
         }
     }
 }

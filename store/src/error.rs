@@ -40,6 +40,9 @@ pub enum Error {
     #[error("store at {path} is not usable: {why}")]
     StoreConfig { path: PathBuf, why: String },
 
+    #[error("store at {0} was never finished being created (no config record); `yolo-store init` or an import finishes it")]
+    UnfinishedStore(PathBuf),
+
     #[error("store at {0} is being changed by another yolo-store process")]
     Busy(PathBuf),
 

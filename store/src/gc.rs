@@ -8,37 +8,20 @@ use rocksdb::WriteBatch;
 use serde::Serialize;
 
 use crate::id::ChunkId;
-use crate::import::distinct;
 use crate::pack::decode_pack;
-use crate::store::{pack_key, ChunkInfo, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
-use crate::{Error, Result};
+use crate::refcount::ManifestChanges;
+use crate::store::{pack_key, ChunkInfo, Store, CF_PACKS, CF_REFS};
+use crate::Result;
 
-/// Removes the named boot images in one atomic write.
+/// Removes the named boot images in one atomic write; a name given twice
+/// is removed once.
 pub fn remove(store: &Store, names: &[String]) -> Result<()> {
     let _guard = store.write_lock();
-    let mut delta = std::collections::HashMap::<ChunkId, u64>::new();
-    let mut batch = WriteBatch::default();
-    let manifests_cf = store.cf(CF_MANIFESTS)?;
+    let mut changes = ManifestChanges::default();
     for name in names {
-        let manifest = store.manifest(name)?;
-        for id in distinct(&manifest) {
-            *delta.entry(id).or_default() += 1;
-        }
-        batch.delete_cf(manifests_cf, name.as_bytes());
+        changes.delete(name);
     }
-    let refs_cf = store.cf(CF_REFS)?;
-    for (id, minus) in delta {
-        let mut info = store.chunk_info(&id)?.ok_or_else(|| {
-            Error::CorruptStore(format!(
-                "manifest references chunk {id}, which has no refs record"
-            ))
-        })?;
-        info.refs = info.refs.checked_sub(minus).ok_or_else(|| {
-            Error::CorruptStore(format!("refcount of chunk {id} would go below zero"))
-        })?;
-        batch.put_cf(refs_cf, id.as_bytes(), info.encode());
-    }
-    store.write(batch)
+    store.write(changes.batch(store, &mut HashMap::new())?)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -166,7 +149,7 @@ fn collect_packs(
             freed += value.len() as u64;
             continue;
         }
-        let Ok(pack) = decode_pack(&value) else {
+        let Ok(pack) = decode_pack(&value, store.config().chunking.max_len()) else {
             report.packs_unreadable += 1;
             continue;
         };

@@ -14,7 +14,8 @@ use crate::id::ChunkId;
 use crate::manifest::{ChunkRef, Manifest};
 use crate::name::validate_name;
 use crate::pack::{runs, PACK_BYTES};
-use crate::store::{ChunkInfo, NewPack, Store, CF_MANIFESTS, CF_REFS};
+use crate::refcount::ManifestChanges;
+use crate::store::{ChunkInfo, NewPack, Store, CF_REFS};
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -185,51 +186,11 @@ fn manifests_batch(
     manifests: &[(String, Manifest)],
     known: &mut HashMap<ChunkId, ChunkInfo>,
 ) -> Result<WriteBatch> {
-    // Refcount = number of manifests that reference a chunk.
-    let mut delta: HashMap<ChunkId, i64> = HashMap::new();
+    let mut changes = ManifestChanges::default();
     for (name, manifest) in manifests {
-        let old = match store.manifest(name) {
-            Ok(old) => Some(old),
-            Err(Error::UnknownVmi(_)) => None,
-            Err(e) => return Err(e),
-        };
-        // The same chunks again (a re-import): no refcount changes.
-        if old
-            .as_ref()
-            .is_some_and(|old| old.chunks == manifest.chunks)
-        {
-            continue;
-        }
-        for id in distinct(manifest) {
-            *delta.entry(id).or_default() += 1;
-        }
-        for id in old.iter().flat_map(distinct) {
-            *delta.entry(id).or_default() -= 1;
-        }
+        changes.put(name, manifest.clone());
     }
-    let refs_cf = store.cf(CF_REFS)?;
-    let mut batch = WriteBatch::default();
-    for (id, change) in &delta {
-        if *change == 0 {
-            continue;
-        }
-        let mut info = match known.get(id) {
-            Some(info) => *info,
-            None => store.chunk_info(id)?.ok_or_else(|| {
-                Error::CorruptStore(format!("chunk {id} is referenced but has no refs record"))
-            })?,
-        };
-        info.refs = info.refs.checked_add_signed(*change).ok_or_else(|| {
-            Error::CorruptStore(format!("refcount of chunk {id} would go below zero"))
-        })?;
-        batch.put_cf(refs_cf, id.as_bytes(), info.encode());
-        known.insert(*id, info);
-    }
-    let manifests_cf = store.cf(CF_MANIFESTS)?;
-    for (name, manifest) in manifests {
-        batch.put_cf(manifests_cf, name.as_bytes(), manifest.encode());
-    }
-    Ok(batch)
+    changes.batch(store, known)
 }
 
 /// Packs, compresses and writes `chunks` (which the store lacks, refcount
@@ -345,10 +306,6 @@ pub(crate) fn chunk_infos_of(
     Ok(infos)
 }
 
-pub(crate) fn distinct(manifest: &Manifest) -> HashSet<ChunkId> {
-    manifest.chunks.iter().map(|c| c.id).collect()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -397,8 +354,10 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(&dir.path().join("s"), None).unwrap();
         import(&store, &image(3000, 5), &ImportOptions::default()).unwrap();
-        let stored: Vec<ChunkId> = distinct(&store.manifest("vmi5").unwrap())
-            .into_iter()
+        let stored: Vec<ChunkId> = (store.manifest("vmi5").unwrap())
+            .distinct_chunks()
+            .iter()
+            .map(|c| c.id)
             .collect();
         let absent: Vec<ChunkId> = (0..50u32).map(|i| ChunkId::of(&i.to_le_bytes())).collect();
         // Few ids: point lookups. Most of the store: one pass over the keys.

@@ -16,12 +16,14 @@ mod manifest;
 mod name;
 mod pack;
 mod record;
+mod refcount;
 mod remote;
 mod repair;
 mod serve;
 mod stats;
 mod store;
 mod trace;
+mod trust;
 mod verify;
 
 pub use cache::{CacheStats, ChunkCache};
@@ -33,7 +35,7 @@ pub use format::{
     block_count, validate_block_size, BootImage, BootImageWriter, FileHeader, FileImage,
 };
 pub use gc::{execute_gc, plan_gc, remove, GcPlan, GcReport};
-pub use id::{ChunkId, FileIdentity};
+pub use id::{ChunkId, FileIdentity, ManifestHash};
 pub use import::{import, ImportOptions, ImportReport};
 pub use manifest::{ChunkRef, Manifest, ManifestIndex};
 pub use name::validate_name;
@@ -43,8 +45,9 @@ pub use remote::{
     RemoteGcReport, RemoteOptions,
 };
 pub use repair::{repair, RepairReport};
-pub use serve::{FileVersion, ImageServer, OpenImage, ServeStats};
+pub use serve::{ImageServer, OpenImage, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};
+pub use trust::{blocks_match, FileVersion};
 pub use verify::{verify, Problem, VerifyReport};

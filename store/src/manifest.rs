@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::format::{block_count, block_len, validate_block_size, FileHeader};
-use crate::id::{ChunkId, FileIdentity};
+use crate::id::{ChunkId, FileIdentity, ManifestHash};
 use crate::{Error, Result};
 
 const VERSION: u8 = 1;
@@ -44,6 +44,35 @@ impl Manifest {
 
     pub fn block_len(&self, id: u64) -> usize {
         block_len(self.file_size, self.block_size, id)
+    }
+
+    /// The chunks this manifest references, each once, in first-use order:
+    /// what a refcount counts, and the order a boot image loads in.
+    pub fn distinct_chunks(&self) -> Vec<ChunkRef> {
+        let mut seen = std::collections::HashSet::with_capacity(self.chunks.len());
+        self.chunks
+            .iter()
+            .filter(|c| seen.insert(c.id))
+            .copied()
+            .collect()
+    }
+
+    /// Refuses a chunk longer than `max`, the store's chunking maximum:
+    /// every length a manifest from outside gives is bounded before it
+    /// sizes a buffer.
+    pub fn check_chunk_lens(&self, max: u32) -> std::result::Result<(), String> {
+        match self.chunks.iter().find(|c| c.len > max) {
+            Some(c) => Err(format!(
+                "chunk {} is {} bytes, more than the {max} this store's chunking allows",
+                c.id, c.len
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// What names this version of the boot image.
+    pub fn hash(&self) -> ManifestHash {
+        ManifestHash(*blake3::hash(&self.encode()).as_bytes())
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -68,6 +68,7 @@ impl Pack {
     }
 
     /// The chunks in data order, unchecked.
+    #[cfg(any(test, feature = "testing"))]
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         self.bounds.windows(2).map(|w| &self.data[w[0]..w[1]])
     }
@@ -99,7 +100,7 @@ pub fn encode_pack(chunks: &[&[u8]], zstd_level: i32) -> (Vec<u8>, Vec<u32>) {
 /// Decodes a stored pack. Every count and length is checked against the
 /// bytes present before it is used; chunk contents are checked by the
 /// caller against the ids it expects ([`Pack::checked`]).
-pub fn decode_pack(stored: &[u8]) -> Result<Pack, String> {
+pub fn decode_pack(stored: &[u8], max_chunk: u32) -> Result<Pack, String> {
     if stored.len() < HEADER {
         return Err(format!("{}-byte pack is too short", stored.len()));
     }
@@ -107,6 +108,13 @@ pub fn decode_pack(stored: &[u8]) -> Result<Pack, String> {
         u32::from_le_bytes([stored[at], stored[at + 1], stored[at + 2], stored[at + 3]])
     };
     let (codec, count, raw_len) = (stored[0], u32_at(1) as usize, u32_at(5) as usize);
+    // `runs` closes a pack at the first chunk that reaches PACK_BYTES.
+    let max_raw = PACK_BYTES + max_chunk as usize;
+    if raw_len > max_raw {
+        return Err(format!(
+            "pack claims {raw_len} bytes, more than a pack holds ({max_raw})"
+        ));
+    }
     if count > (stored.len() - HEADER) / ENTRY {
         return Err(format!(
             "pack claims {count} chunks in {} bytes",
@@ -117,8 +125,12 @@ pub fn decode_pack(stored: &[u8]) -> Result<Pack, String> {
     let mut at = 0usize;
     bounds.push(0);
     for i in 0..count {
+        let len = u32_at(HEADER + i * ENTRY);
+        if len > max_chunk {
+            return Err(format!("pack chunk of {len} bytes, more than {max_chunk}"));
+        }
         at = at
-            .checked_add(u32_at(HEADER + i * ENTRY) as usize)
+            .checked_add(len as usize)
             .filter(|&end| end <= raw_len)
             .ok_or("pack chunk lengths add up to more than its length")?;
         bounds.push(at);
@@ -182,7 +194,7 @@ mod tests {
         let raws = chunks();
         let input: Vec<&[u8]> = raws.iter().map(|r| &r[..]).collect();
         let (stored, offsets) = encode_pack(&input, 3);
-        let pack = decode_pack(&stored).unwrap();
+        let pack = decode_pack(&stored, 1 << 20).unwrap();
         assert_eq!(pack.chunks().collect::<Vec<_>>(), input);
         let found = pack.identified();
         for (i, raw) in input.iter().enumerate() {
@@ -206,7 +218,7 @@ mod tests {
         for i in 0..stored.len() {
             let mut bad = stored.clone();
             bad[i] ^= 1;
-            let caught = match decode_pack(&bad) {
+            let caught = match decode_pack(&bad, 1 << 20) {
                 Err(_) => true,
                 Ok(pack) => input
                     .iter()
@@ -222,8 +234,12 @@ mod tests {
         let mut huge = vec![1u8];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_pack(&huge).is_err());
-        assert!(decode_pack(&[1, 0]).is_err());
+        assert!(decode_pack(&huge, 1 << 20).is_err());
+        assert!(decode_pack(&[1, 0], 1 << 20).is_err());
+        // A length within u32 but past the store's chunking maximum.
+        let (big, _) = encode_pack(&[&[7u8; 8192][..]], 3);
+        assert!(decode_pack(&big, 8192).is_ok());
+        assert!(decode_pack(&big, 4096).is_err());
     }
 
     #[test]

@@ -6,15 +6,18 @@
 //! [`ImageServer::open`] and [`ImageServer::read`].
 //!
 //! The server never returns bytes that differ from the file: a boot image
-//! is used only while the file's identity matches the one recorded, and a
-//! chunk that fails its BLAKE3 check is replaced by a read of the file.
+//! is used only once the file's recorded blocks have been read back and
+//! hash to its chunks ([`crate::trust`]), for that version of the file, and
+//! a chunk that fails its BLAKE3 check is replaced by a read of the file.
+//! Checks and preloads run on a small pool of their own, never on the
+//! threads that answer reads, and never one thread per file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,36 +25,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
-use crate::id::{ChunkId, FileIdentity};
+use crate::id::{ChunkId, ManifestHash};
 use crate::import::chunk_infos_of;
-use crate::manifest::ManifestIndex;
+use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
 use crate::store::Store;
+use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
-
-/// What identifies one version of a file on this node without reading it:
-/// if any of these change, the identity is computed again.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct FileVersion {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-impl FileVersion {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        FileVersion {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
-}
 
 /// An open VMI file: the file itself, and its boot image when one is
 /// stored and still matches the file.
@@ -88,10 +69,39 @@ pub struct ImageServer {
     store: Arc<Store>,
     images: PathBuf,
     cache: ChunkCache,
-    identities: Identities,
+    trust: Arc<Mutex<Trust>>,
+    /// Checks of new file versions and preloads: bounded, and apart from
+    /// rayon's global pool, which reads use to decode packs.
+    background: rayon::ThreadPool,
+    /// Boot images preloaded, by file name: You Only Load Once, even when
+    /// a VM opens its backing file several times.
+    preloaded: Mutex<HashMap<String, ManifestHash>>,
+    startup_checked: AtomicBool,
     warned: Mutex<HashSet<String>>,
     counters: Counters,
 }
+
+/// What is known of (file version, boot image) pairs.
+struct Trust {
+    verified: Verified,
+    /// Being checked now.
+    pending: HashSet<(FileVersion, ManifestHash)>,
+    /// Checked, and the blocks differ: served from the file.
+    mismatched: HashSet<(FileVersion, ManifestHash)>,
+    /// The version of each name last seen: what the kept set is pruned to.
+    current: HashMap<String, FileVersion>,
+}
+
+enum Checked {
+    Matches,
+    Differs,
+    /// Not known yet (being checked, or to be checked).
+    Unknown,
+}
+
+/// How many files are checked at once: reading many at a time from one
+/// disk is a seek storm on a hard disk.
+const BACKGROUND_THREADS: usize = 2;
 
 #[derive(Default)]
 struct Counters {
@@ -113,12 +123,19 @@ pub struct ServeStats {
     pub bytes_from_store: u64,
     pub bytes_from_file: u64,
     pub chunk_failures: u64,
+    /// Opens of a file whose recorded blocks differ from its boot image's
+    /// (served from the file).
     pub identity_mismatches: u64,
-    /// Opens served from the file because the file's identity was still
-    /// being hashed.
+    /// Opens served from the file because the file's blocks were still
+    /// being checked against its boot image.
     pub unverified_opens: u64,
-    /// Files whose identity is being hashed now.
+    /// (file version, boot image) pairs being checked now.
     pub identities_pending: u64,
+    /// (file version, boot image) pairs known to match, kept across
+    /// restarts.
+    pub boot_images_verified: u64,
+    /// Whether the check of every boot image at start has finished.
+    pub startup_verification_done: bool,
     pub preload_chunks_total: u64,
     pub preload_chunks_done: u64,
     pub cache: CacheStats,
@@ -129,11 +146,25 @@ pub struct ServeStats {
 impl ImageServer {
     pub fn new(store: Arc<Store>, images: &Path, cache_bytes: usize) -> Result<Self> {
         let images = images.canonicalize().map_err(|e| Error::io(images, e))?;
+        let background = rayon::ThreadPoolBuilder::new()
+            .num_threads(BACKGROUND_THREADS)
+            .thread_name(|i| format!("yolo-check-{i}"))
+            .build()
+            .map_err(|e| Error::Invalid(format!("background threads: {e}")))?;
+        let verified = Verified::load(Some(verified_path(store.path())));
         Ok(ImageServer {
             store,
             images,
             cache: ChunkCache::new(cache_bytes),
-            identities: Arc::new(Mutex::new(HashMap::new())),
+            trust: Arc::new(Mutex::new(Trust {
+                verified,
+                pending: HashSet::new(),
+                mismatched: HashSet::new(),
+                current: HashMap::new(),
+            })),
+            background,
+            preloaded: Mutex::new(HashMap::new()),
+            startup_checked: AtomicBool::new(false),
             warned: Mutex::new(HashSet::new()),
             counters: Counters::default(),
         })
@@ -149,36 +180,36 @@ impl ImageServer {
 
     /// Opens file `name` of the images directory. The boot image is looked
     /// up at every open, so one imported while mounted is used from the next
-    /// open on.
+    /// open on; it serves only once this version of the file is known to
+    /// hold its blocks. Until then the open is served from the file, and
+    /// the check runs in the background: an open never waits for it.
     pub fn open(&self, name: &str) -> Result<OpenImage> {
         let (file, path) = open_image_file(&self.images, name)?;
         // See what `import`, `rm` and `gc` committed since the last open.
         if let Err(e) = self.store.catch_up() {
-            self.warn_once(name, &format!("could not catch up with the store: {e}"));
+            self.warn_once(name, "could not catch up with the store: ", e);
         }
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let version = FileVersion::of(&meta);
         let index = match self.store.manifest(name) {
-            Ok(manifest) => match self.known_identity(name, &path, version) {
-                Some(identity)
-                    if identity == manifest.identity && manifest.file_size == meta.len() =>
-                {
-                    Some(Arc::new(ManifestIndex::new(manifest)))
-                }
-                Some(_) => {
+            Ok(manifest) => match self.checked(name, version, &manifest) {
+                Checked::Matches => Some(Arc::new(ManifestIndex::new(manifest))),
+                Checked::Differs => {
                     self.counters
                         .identity_mismatches
                         .fetch_add(1, Ordering::Relaxed);
                     self.warn_once(
                         name,
-                        "the file no longer matches its boot image; serving it from the file",
+                        "the file does not hold its boot image's blocks; serving it from the file",
+                        "",
                     );
                     None
                 }
-                None => {
+                Checked::Unknown => {
                     self.counters
                         .unverified_opens
                         .fetch_add(1, Ordering::Relaxed);
+                    self.check_in_background(name, version, manifest);
                     None
                 }
             },
@@ -194,63 +225,95 @@ impl ImageServer {
         })
     }
 
-    /// The file's identity if it is known for this version. Otherwise starts
-    /// hashing the file in the background (once per version) and returns
-    /// None: that open is served from the file. An open never waits for a
-    /// whole VMI to be read, which would cost a cold boot more I/O than the
-    /// boot image saves.
-    fn known_identity(
-        &self,
-        name: &str,
-        path: &Path,
-        version: FileVersion,
-    ) -> Option<FileIdentity> {
-        match self.claim_identity(name, version) {
-            Some(known) => known,
-            None => {
-                let (identities, name, path) =
-                    (self.identities.clone(), name.to_string(), path.to_owned());
-                std::thread::spawn(move || hash_identity(&identities, &name, &path, version));
-                None
-            }
+    /// What is known of `manifest` against this version of file `name`.
+    fn checked(&self, name: &str, version: FileVersion, manifest: &Manifest) -> Checked {
+        if version.size() != manifest.file_size {
+            return Checked::Differs;
+        }
+        let key = (version, manifest.hash());
+        let mut trust = lock(&self.trust);
+        trust.current.insert(name.to_string(), version);
+        if trust.verified.contains(key.0, key.1) {
+            Checked::Matches
+        } else if trust.mismatched.contains(&key) {
+            Checked::Differs
+        } else {
+            Checked::Unknown
         }
     }
 
-    /// Hashes file `name` now, unless its current version's identity is
-    /// known: a mount verifies its VMIs this way before VMs open them.
-    pub fn verify_identity(&self, name: &str) -> Result<()> {
+    /// Queues a check of `manifest` against file `name` at `version`,
+    /// unless one is queued or running.
+    fn check_in_background(&self, name: &str, version: FileVersion, manifest: Manifest) {
+        let hash = manifest.hash();
+        if !lock(&self.trust).pending.insert((version, hash)) {
+            return;
+        }
+        let (trust, images, name) = (self.trust.clone(), self.images.clone(), name.to_string());
+        self.background.spawn(move || {
+            let _ = check(&trust, &images, &name, version, &manifest, hash);
+            let _ = save(&trust);
+        });
+    }
+
+    /// Checks file `name` against its boot image now, unless this version
+    /// is known already: a mount does this for every VMI at start, so VMs
+    /// find them trusted. True when the boot image will serve.
+    pub fn verify_boot_image(&self, name: &str) -> Result<bool> {
+        let manifest = match self.store.manifest(name) {
+            Ok(manifest) => manifest,
+            Err(Error::UnknownVmi(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let (file, path) = open_image_file(&self.images, name)?;
         let version = FileVersion::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
-        match self.claim_identity(name, version) {
-            Some(Some(_)) => Ok(()),
-            // Not known, or being hashed by an open: hash it here and now.
-            _ => hash_identity(&self.identities, name, &path, version),
-        }
-    }
-
-    /// What is recorded of `name`'s identity for `version`: Some(known) if
-    /// that version was seen (known is None while it is being hashed).
-    /// Otherwise records the version as being hashed and returns None: the
-    /// caller hashes it.
-    fn claim_identity(&self, name: &str, version: FileVersion) -> Option<Option<FileIdentity>> {
-        let mut identities = lock(&self.identities);
-        match identities.get(name) {
-            Some((v, known)) if *v == version => Some(*known),
-            _ => {
-                identities.insert(name.to_string(), (version, None));
-                None
+        drop(file);
+        match self.checked(name, version, &manifest) {
+            Checked::Matches => Ok(true),
+            Checked::Differs => Ok(false),
+            Checked::Unknown => {
+                let hash = manifest.hash();
+                lock(&self.trust).pending.insert((version, hash));
+                check(&self.trust, &self.images, name, version, &manifest, hash)
             }
         }
     }
 
-    fn warn_once(&self, name: &str, what: &str) {
-        if self
-            .warned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(format!("{name}\0{what}"))
-        {
-            eprintln!("yolo-store: warning: {name}: {what}");
+    /// Checks every boot image in the store against its file, one file at
+    /// a time, in a thread of its own; with `preload`, loads each into the
+    /// cache once checked. Keeps what it learned for the next start.
+    pub fn verify_all_in_background(self: &Arc<Self>, preload: bool) -> Result<usize> {
+        let names = self.store.names()?;
+        let count = names.len();
+        let server = self.clone();
+        std::thread::Builder::new()
+            .name("yolo-startup".into())
+            .spawn(move || {
+                for name in names {
+                    let result = server.verify_boot_image(&name).and_then(|ok| {
+                        if ok && preload {
+                            server.preload_once(&server.open(&name)?);
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = result {
+                        eprintln!("yolo-store: {name}: {e}");
+                    }
+                }
+                if let Err(e) = save(&server.trust) {
+                    eprintln!("yolo-store: keeping verified boot images: {e}");
+                }
+                server.startup_checked.store(true, Ordering::Relaxed);
+            })
+            .map_err(|e| Error::Invalid(format!("startup thread: {e}")))?;
+        Ok(count)
+    }
+
+    /// Warns about file `name` once per kind of trouble (`what`), however
+    /// many times it happens (a damaged pack fails many chunks).
+    fn warn_once(&self, name: &str, what: &str, detail: impl std::fmt::Display) {
+        if lock(&self.warned).insert(format!("{name}\0{what}")) {
+            eprintln!("yolo-store: warning: {name}: {what}{detail}");
         }
     }
 
@@ -337,7 +400,8 @@ impl ImageServer {
                     self.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
                     self.warn_once(
                         &image.name,
-                        &format!("{e}; serving that range from the file"),
+                        "chunks fail, served from the file instead (counted in chunk_failures); first: ",
+                        e,
                     );
                     return false;
                 }
@@ -400,17 +464,28 @@ impl ImageServer {
         at_offset
     }
 
-    /// You Only Load Once: loads an open file's chunks into the cache in
-    /// recorded (first-access) order, decompressing in parallel. Meant to run
-    /// in the background while the VM boots.
+    /// Starts loading `image`'s boot image into the cache on the
+    /// background pool, unless that boot image was loaded already.
+    pub fn preload_once(self: &Arc<Self>, image: &OpenImage) {
+        let Some(index) = image.boot_image() else {
+            return;
+        };
+        let hash = index.manifest().hash();
+        let first = lock(&self.preloaded).insert(image.name.clone(), hash) != Some(hash);
+        if first {
+            let (server, index) = (self.clone(), index.clone());
+            self.background.spawn(move || server.preload(&index));
+        }
+    }
+
+    /// You Only Load Once: loads a boot image's chunks into the cache in
+    /// recorded (first-access) order, decompressing in parallel.
     pub fn preload(&self, index: &ManifestIndex) {
-        let mut seen = HashSet::new();
         let ids: Vec<ChunkId> = index
             .manifest()
-            .chunks
+            .distinct_chunks()
             .iter()
             .map(|c| c.id)
-            .filter(|id| seen.insert(*id))
             .collect();
         self.counters
             .preload_total
@@ -435,10 +510,11 @@ impl ImageServer {
                     packs.push(info.pack);
                 }
             }
+            let max_chunk = self.store.config().chunking.max_len();
             if let Ok(values) = self.store.read_encoded_packs(&packs) {
                 values.into_par_iter().flatten().for_each(|value| {
                     // A corrupt pack or chunk is left to the read path too.
-                    if let Ok(pack) = decode_pack(&value) {
+                    if let Ok(pack) = decode_pack(&value, max_chunk) {
                         self.cache_pack(&pack, None);
                     }
                 });
@@ -452,6 +528,10 @@ impl ImageServer {
     pub fn stats(&self) -> ServeStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (identities_pending, boot_images_verified) = {
+            let trust = lock(&self.trust);
+            (trust.pending.len() as u64, trust.verified.len() as u64)
+        };
         ServeStats {
             reads: get(&c.reads),
             bytes_from_store: get(&c.bytes_from_store),
@@ -459,10 +539,9 @@ impl ImageServer {
             chunk_failures: get(&c.chunk_failures),
             identity_mismatches: get(&c.identity_mismatches),
             unverified_opens: get(&c.unverified_opens),
-            identities_pending: lock(&self.identities)
-                .values()
-                .filter(|(_, known)| known.is_none())
-                .count() as u64,
+            identities_pending,
+            boot_images_verified,
+            startup_verification_done: self.startup_checked.load(Ordering::Relaxed),
             preload_chunks_total: get(&c.preload_total),
             preload_chunks_done: get(&c.preload_done),
             cache: self.cache.stats(),
@@ -477,37 +556,57 @@ impl ImageServer {
     }
 }
 
-/// Identities of the served files by name: for one version of the file,
-/// known, or None while being hashed.
-type IdentityMap = HashMap<String, (FileVersion, Option<FileIdentity>)>;
-type Identities = Arc<Mutex<IdentityMap>>;
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Hashes `path` and records the identity for `version`, unless another
-/// version was seen meanwhile. On error the entry is dropped, so the next
-/// open tries again.
-fn hash_identity(
-    identities: &Mutex<IdentityMap>,
+/// Reads file `name`'s recorded blocks and records whether they are the
+/// boot image's, unless the file changed from `version` meanwhile. The
+/// caller has put the pair in `pending`; it leaves there whatever happens.
+fn check(
+    trust: &Mutex<Trust>,
+    images: &Path,
     name: &str,
-    path: &Path,
     version: FileVersion,
-) -> Result<()> {
-    let result = FileIdentity::of_file(path);
-    let mut identities = lock(identities);
-    if identities.get(name).map(|(v, _)| *v) == Some(version) {
-        match &result {
-            Ok(identity) => {
-                identities.insert(name.to_string(), (version, Some(*identity)));
-            }
-            Err(_) => {
-                identities.remove(name);
-            }
+    manifest: &Manifest,
+    hash: ManifestHash,
+) -> Result<bool> {
+    let checked_at = now_ns();
+    let result = open_image_file(images, name).and_then(|(file, path)| {
+        let version_now = || -> Result<FileVersion> {
+            Ok(FileVersion::of(
+                &file.metadata().map_err(|e| Error::io(&path, e))?,
+            ))
+        };
+        if version_now()? != version {
+            return Ok(None);
         }
+        let matches = blocks_match(&file, manifest)?;
+        // A change while we read voids what we read.
+        Ok((version_now()? == version).then_some(matches))
+    });
+    let mut trust = lock(trust);
+    trust.pending.remove(&(version, hash));
+    match result {
+        Ok(Some(true)) => {
+            trust.verified.insert(version, hash, checked_at);
+            Ok(true)
+        }
+        Ok(Some(false)) => {
+            trust.mismatched.insert((version, hash));
+            Ok(false)
+        }
+        // Changed meanwhile: the next open sees the new version.
+        Ok(None) => Ok(false),
+        Err(e) => Err(e),
     }
-    result.map(|_| ())
+}
+
+/// Writes the verified pairs of the versions still current.
+fn save(trust: &Mutex<Trust>) -> Result<()> {
+    let trust = lock(trust);
+    let current: HashSet<FileVersion> = trust.current.values().copied().collect();
+    trust.verified.save(&current)
 }
 
 /// Opens regular file `name` of the images directory `images` (canonical),
@@ -538,6 +637,7 @@ pub(crate) fn open_image_file(images: &Path, name: &str) -> Result<(File, PathBu
 mod tests {
     use super::*;
     use crate::format::{BootImage, FileHeader, FileImage};
+    use crate::id::FileIdentity;
     use crate::import::{import, ImportOptions};
     use proptest::prelude::*;
 
@@ -569,7 +669,7 @@ mod tests {
         let store = Store::open_or_create(&dir.path().join("store"), None).unwrap();
         import(&store, &image, &ImportOptions::default()).unwrap();
         let server = ImageServer::new(Arc::new(store), &images, cache).unwrap();
-        server.verify_identity("vmi").unwrap();
+        server.verify_boot_image("vmi").unwrap();
         (dir, server)
     }
 
@@ -609,7 +709,7 @@ mod tests {
         assert!(!image.has_boot_image());
         assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);
         assert_eq!(server.stats().unverified_opens, 1);
-        server.verify_identity("vmi").unwrap();
+        server.verify_boot_image("vmi").unwrap();
         let image = server.open("vmi").unwrap();
         assert!(!image.has_boot_image());
         assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);

@@ -1,7 +1,7 @@
 //! `ls` and `stats`: what each VMI's boot image weighs, what it shares, and
 //! what the whole store saves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -65,8 +65,7 @@ pub fn stats(store: &Store) -> Result<(Vec<VmiStats>, StoreStats)> {
             shared_bytes: 0,
             identity: m.identity.to_hex(),
         };
-        let mut seen = HashSet::new();
-        for c in m.chunks.iter().filter(|c| seen.insert(c.id)) {
+        for c in m.distinct_chunks() {
             let refs = infos.get(&c.id).map_or(0, |i| i.refs);
             if refs > 1 {
                 v.shared_bytes += u64::from(c.len);

@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,55 +150,62 @@ impl Store {
     /// Opens the store at `path`, creating it with `config` if it does not
     /// exist. An existing store keeps its own config; asking for a different
     /// one is an error rather than a silent mix.
+    ///
+    /// `path` must be a store, an empty directory or nothing: a directory
+    /// that holds other files is refused, never written into, and an
+    /// existing directory keeps its mode. Creation happens under an
+    /// exclusive `flock` of the directory, so two first imports do not
+    /// race (the second waits, then opens what the first made), and a
+    /// creation that stopped before the config record was written is
+    /// finished by the next one.
     pub fn open_or_create(path: &Path, config: Option<StoreConfig>) -> Result<Self> {
-        if path.join("CURRENT").exists() {
-            let store = Self::open_with(path, Access::Write)?;
-            if let Some(wanted) = config {
-                if wanted != store.config {
-                    return Err(Error::StoreConfig {
-                        path: path.to_path_buf(),
-                        why: format!(
-                            "it was created with chunking {} and zstd level {}; a store's settings cannot change",
-                            store.config.chunking, store.config.zstd_level
-                        ),
-                    });
-                }
-            }
-            return Ok(store);
+        if let Some(config) = &config {
+            config.chunking.validate()?;
         }
-        let config = config.unwrap_or_default();
-        config.chunking.validate()?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| Error::io(path, e))?;
-        // A pre-existing empty directory keeps its mode unless we tighten it.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(path, e))?;
-        let db = DB::open_cf_descriptors(&db_options(true), path, cf_descriptors())?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-        let meta = db
-            .cf_handle(CF_META)
-            .ok_or_else(|| Error::CorruptStore("no meta".into()))?;
-        db.put_cf_opt(meta, CONFIG_KEY, json, &opts)?;
-        drop(db);
-        Self::open_with(path, Access::Write)
+        prepare_store_dir(path)?;
+        let dir = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: flock on a descriptor we own; released when `dir` drops.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+        let opened = match is_store(path)? {
+            true => Self::open_with(path, Access::Write),
+            false => {
+                refuse_foreign_files(path)?;
+                Err(Error::UnfinishedStore(path.to_path_buf()))
+            }
+        };
+        let store = match opened {
+            Err(Error::UnfinishedStore(_)) => {
+                finish_creation(path, config.clone().unwrap_or_default())?;
+                Self::open_with(path, Access::Write)?
+            }
+            other => other?,
+        };
+        drop(dir);
+        if let Some(wanted) = config {
+            if wanted != store.config {
+                return Err(Error::StoreConfig {
+                    path: path.to_path_buf(),
+                    why: format!(
+                        "it was created with chunking {} and zstd level {}; a store's settings cannot change",
+                        store.config.chunking, store.config.zstd_level
+                    ),
+                });
+            }
+        }
+        Ok(store)
     }
 
     /// Opens an existing store for reading and writing. Only one process can
     /// do this at a time (RocksDB's lock).
     pub fn open(path: &Path) -> Result<Self> {
-        require_store(path)?;
         Self::open_with(path, Access::Write)
     }
 
     /// Opens an existing store read-only: works while another process (a
     /// mount) holds it for writing, and sees the state as of this call.
     pub fn open_read_only(path: &Path) -> Result<Self> {
-        require_store(path)?;
         Self::open_with(path, Access::ReadOnly)
     }
 
@@ -207,7 +214,6 @@ impl Store {
     /// writers have committed since. This is how a mount follows imports,
     /// removals and gc without unmounting.
     pub fn open_secondary(path: &Path) -> Result<Self> {
-        require_store(path)?;
         Self::open_with(path, Access::Secondary)
     }
 
@@ -221,6 +227,7 @@ impl Store {
     }
 
     fn open_with(path: &Path, access: Access) -> Result<Self> {
+        require_store(path)?;
         let mut opts = db_options(false);
         let mut secondary_dir = None;
         let db = match access {
@@ -251,7 +258,7 @@ impl Store {
             .ok_or_else(|| Error::CorruptStore("no meta column family".into()))?;
         let raw = db
             .get_cf(meta, CONFIG_KEY)?
-            .ok_or_else(|| Error::CorruptStore("no config record".into()))?;
+            .ok_or_else(|| Error::UnfinishedStore(path.to_path_buf()))?;
         let config: StoreConfig = serde_json::from_slice(&raw)
             .map_err(|e| Error::CorruptStore(format!("config: {e}")))?;
         if config.format != STORE_FORMAT {
@@ -499,10 +506,14 @@ impl Store {
             .db
             .get_pinned_cf(self.cf(CF_PACKS)?, pack_key(info.pack))?
             .ok_or(Error::MissingChunk { id: *id })?;
-        let pack = Arc::new(decode_pack(&stored).map_err(|why| Error::CorruptChunk {
-            id: *id,
-            why: format!("pack {}: {why}", info.pack),
-        })?);
+        let max_chunk = self.config.chunking.max_len();
+        let pack =
+            Arc::new(
+                decode_pack(&stored, max_chunk).map_err(|why| Error::CorruptChunk {
+                    id: *id,
+                    why: format!("pack {}: {why}", info.pack),
+                })?,
+            );
         lock(&self.packs).put(info.pack, pack.clone());
         Ok((info, pack))
     }
@@ -523,7 +534,7 @@ impl Store {
     /// Testing only: inverts chunk `id`'s bytes inside its pack, bypassing
     /// every check, to plant the corruption (a chunk whose bytes no longer
     /// hash to its id) that `verify` and the mount must catch.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn corrupt_chunk(&self, id: &ChunkId) -> Result<()> {
         let (info, pack) = self.pack_of(id)?;
         let mut chunks: Vec<Vec<u8>> = pack.chunks().map(<[u8]>::to_vec).collect();
@@ -581,6 +592,91 @@ impl Drop for Store {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Makes `path` a directory (mode 0700) if it is nothing yet; refuses
+/// anything but a directory. An existing directory keeps its mode.
+fn prepare_store_dir(path: &Path) -> Result<()> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::StoreConfig {
+            path: path.to_path_buf(),
+            why: "it is not a directory".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::io(path, e)),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn is_store(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path.join("CURRENT")) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// A directory that is to become a store must be empty: RocksDB's files
+/// among someone else's would be a mess no verb could clean up. RocksDB's
+/// own files of a creation that stopped early are not someone else's.
+fn refuse_foreign_files(path: &Path) -> Result<()> {
+    let rocksdb_file = |name: &str| {
+        name == "LOCK"
+            || name == "IDENTITY"
+            || name.starts_with("LOG")
+            || name.starts_with("MANIFEST-")
+            || name.starts_with("OPTIONS-")
+            || name.ends_with(".log")
+            || name.ends_with(".dbtmp")
+    };
+    for entry in fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+        let entry = entry.map_err(|e| Error::io(path, e))?;
+        let name = entry.file_name();
+        if !rocksdb_file(&name.to_string_lossy()) {
+            return Err(Error::StoreConfig {
+                path: path.to_path_buf(),
+                why: format!(
+                    "the directory holds other files ({:?}, ...) and no store; give an empty or new directory",
+                    name
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the database in `path` and writes its config, or writes the
+/// config of a database whose creation stopped before it: only if it holds
+/// nothing else, so no data is ever re-labelled with another chunking.
+fn finish_creation(path: &Path, config: StoreConfig) -> Result<()> {
+    let db = DB::open_cf_descriptors(&db_options(true), path, cf_descriptors())
+        .map_err(|e| busy_or(path, e))?;
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or_else(|| Error::CorruptStore("no meta".into()))?;
+    if db.get_cf(meta, CONFIG_KEY)?.is_some() {
+        return Ok(());
+    }
+    for name in [CF_PACKS, CF_REFS, CF_MANIFESTS] {
+        let cf = db
+            .cf_handle(name)
+            .ok_or_else(|| Error::CorruptStore(format!("no {name} column family")))?;
+        if db.iterator_cf(cf, IteratorMode::Start).next().is_some() {
+            return Err(Error::CorruptStore(format!(
+                "{}: no config record, but {name} records: not a store this build can finish",
+                path.display()
+            )));
+        }
+    }
+    let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(meta, CONFIG_KEY, json, &opts)?;
+    Ok(())
 }
 
 fn require_store(path: &Path) -> Result<()> {
@@ -653,4 +749,90 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         ColumnFamilyDescriptor::new(CF_REFS, refs),
         ColumnFamilyDescriptor::new(CF_MANIFESTS, plain()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_creation_that_stopped_before_its_config_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        // What a crash between creating the database and writing its
+        // config leaves.
+        drop(DB::open_cf_descriptors(&db_options(true), &path, cf_descriptors()).unwrap());
+        assert!(matches!(Store::open(&path), Err(Error::UnfinishedStore(_))));
+        let store = Store::open_or_create(&path, None).unwrap();
+        assert_eq!(store.config(), &StoreConfig::default());
+    }
+
+    #[test]
+    fn a_directory_that_holds_other_files_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("notes.txt"), b"mine").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = Store::open_or_create(&path, None).err().unwrap();
+        assert!(err.to_string().contains("other files"), "{err}");
+        let names: Vec<_> = fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["notes.txt"]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        // Through a symlink, the same.
+        std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
+        assert!(Store::open_or_create(&dir.path().join("link"), None).is_err());
+        assert_eq!(fs::read_dir(&path).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_empty_directory_becomes_a_store_and_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty");
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o750)).unwrap();
+        Store::open_or_create(&path, None).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o750
+        );
+        // A new one is made private.
+        let new = dir.path().join("new");
+        Store::open_or_create(&new, None).unwrap();
+        assert_eq!(
+            fs::metadata(&new).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        // A file is not a store.
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        let err = Store::open_or_create(&file, None).err().unwrap();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn creators_at_once_wait_for_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        // In one process RocksDB reports the held lock as "lock hold by
+        // current process": every thread either opens it or is told it is
+        // busy, never a raw lock error; none finds a half-made store.
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| Store::open_or_create(&path, None).map(drop)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for result in results {
+            assert!(matches!(result, Ok(()) | Err(Error::Busy(_))), "{result:?}");
+        }
+        Store::open(&path).unwrap();
+    }
 }

@@ -142,7 +142,10 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
 
     let infos: HashMap<ChunkId, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
     // Every pack is decoded and every chunk in it re-hashed, on every core.
-    let mut packs = PackCheck::default();
+    let mut packs = PackCheck {
+        max_chunk: store.config().chunking.max_len(),
+        ..PackCheck::default()
+    };
     let mut window: Vec<(u64, Box<[u8]>)> = Vec::new();
     for item in store
         .db()
@@ -222,6 +225,8 @@ struct PackCheck {
     /// of its bytes, its length).
     chunks: HashMap<(u64, u32), (ChunkId, usize)>,
     good: HashSet<u64>,
+    /// The store's chunking maximum: bounds every length a pack gives.
+    max_chunk: u32,
 }
 
 enum Found {
@@ -236,7 +241,7 @@ impl PackCheck {
         let results: Vec<_> = window
             .par_iter()
             .map(|(pack_id, value)| {
-                let found = decode_pack(value).map(|pack| {
+                let found = decode_pack(value, self.max_chunk).map(|pack| {
                     pack.identified()
                         .into_iter()
                         .map(|(id, offset, raw)| (id, offset, raw.len()))

@@ -32,7 +32,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::Chunking;
-use crate::id::ChunkId;
+use crate::id::{ChunkId, ManifestHash};
 use crate::manifest::Manifest;
 use crate::store::StoreConfig;
 use crate::{Error, Result};
@@ -362,7 +362,7 @@ fn chunk_id_of_key(key: &str) -> Option<ChunkId> {
 #[derive(Clone, Debug)]
 struct ManifestVersion {
     name: String,
-    hash: ChunkId,
+    hash: ManifestHash,
     written: SystemTime,
 }
 
@@ -375,7 +375,7 @@ impl ManifestVersion {
         let (encoded, hex) = key.strip_prefix("manifests/")?.split_once('/')?;
         Some(ManifestVersion {
             name: decode_name(encoded)?,
-            hash: hex.parse::<ChunkId>().ok()?,
+            hash: hex.parse::<ManifestHash>().ok()?,
             written: meta.last_modified.into(),
         })
     }
@@ -407,15 +407,18 @@ const MAX_MANIFEST: u64 = 256 << 20;
 
 /// A manifest as stored on the remote: one zstd frame of its bytes (block
 /// id lists compress well), named by the BLAKE3 of the bytes.
-fn encode_manifest_object(manifest: &Manifest) -> Result<(ChunkId, Vec<u8>)> {
+fn encode_manifest_object(manifest: &Manifest) -> Result<(ManifestHash, Vec<u8>)> {
     let bytes = manifest.encode();
     let object = zstd::bulk::compress(&bytes, 3)
         .map_err(|e| Error::Invalid(format!("compressing a manifest: {e}")))?;
-    Ok((ChunkId::of(&bytes), object))
+    Ok((ManifestHash(*blake3::hash(&bytes).as_bytes()), object))
 }
 
 /// The manifest in a remote object, checked against the hash in its name.
-fn decode_manifest_object(hash: &ChunkId, object: &[u8]) -> std::result::Result<Manifest, String> {
+fn decode_manifest_object(
+    hash: &ManifestHash,
+    object: &[u8],
+) -> std::result::Result<Manifest, String> {
     use std::io::Read;
     let mut bytes = Vec::new();
     zstd::stream::read::Decoder::new(object)
@@ -424,13 +427,13 @@ fn decode_manifest_object(hash: &ChunkId, object: &[u8]) -> std::result::Result<
     if bytes.len() as u64 > MAX_MANIFEST {
         return Err(format!("larger than {MAX_MANIFEST} bytes"));
     }
-    if ChunkId::of(&bytes) != *hash {
+    if blake3::hash(&bytes).as_bytes() != &hash.0 {
         return Err("its content does not match the BLAKE3 in its name".into());
     }
     Manifest::decode(&bytes).map_err(|e| e.to_string())
 }
 
-fn manifest_key(name: &str, hash: &ChunkId) -> String {
+fn manifest_key(name: &str, hash: &ManifestHash) -> String {
     format!("manifests/{}/{}", encode_name(name), hash.to_hex())
 }
 

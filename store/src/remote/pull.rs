@@ -58,15 +58,20 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     let mut to_fetch = Vec::new();
     for version in wanted {
         match store.manifest(&version.name) {
-            Ok(local) if ChunkId::of(&local.encode()) == version.hash => {
-                report.unchanged.push(version.name)
-            }
+            Ok(local) if local.hash() == version.hash => report.unchanged.push(version.name),
             Ok(_) | Err(Error::UnknownVmi(_)) => to_fetch.push(version),
             Err(e) => return Err(e),
         }
     }
     let mut manifests: Vec<(String, Manifest)> = Vec::new();
     for (version, fetched) in fetch_manifests(remote, &to_fetch)? {
+        // A chunk longer than this store cuts would make decoding it
+        // allocate what the remote says: refuse the manifest instead.
+        let fetched = fetched.and_then(|(manifest, len)| {
+            manifest
+                .check_chunk_lens(store.config().chunking.max_len())
+                .map(|()| (manifest, len))
+        });
         match fetched {
             Ok((manifest, len)) => {
                 report.manifest_bytes += len;
@@ -256,6 +261,6 @@ fn check_chunk(id: &ChunkId, value: bytes::Bytes, raw_len: u32) -> CheckedChunk 
             "its header gives {header_len:?} raw bytes, the manifest {raw_len}"
         ));
     }
-    let raw = decode_chunk(id, &value).map_err(|e| e.to_string())?;
+    let raw = decode_chunk(id, &value, raw_len).map_err(|e| e.to_string())?;
     Ok((raw, value.len()))
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::lock::LockKind;
 use super::{chunk_key, current_versions, encode_manifest_object, manifest_key, Remote};
 use crate::codec::encode_chunk;
-use crate::id::ChunkId;
+use crate::id::{ChunkId, ManifestHash};
 use crate::import::chunk_infos_of;
 use crate::manifest::Manifest;
 use crate::store::Store;
@@ -138,7 +138,7 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
 async fn publish_manifest(
     remote: &Remote,
     name: &str,
-    hash: ChunkId,
+    hash: ManifestHash,
     object: Vec<u8>,
     versions: &[super::ManifestVersion],
 ) -> Result<()> {

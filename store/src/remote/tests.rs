@@ -161,7 +161,7 @@ fn a_tampered_manifest_is_refused() {
     let dir = tmp.path().join("remote");
     let remote = remote(&dir);
     push(&a, &remote, &[]).unwrap();
-    let key = manifest_key("base", &ChunkId::of(&a.manifest("base").unwrap().encode()));
+    let key = manifest_key("base", &a.manifest("base").unwrap().hash());
     let mut bytes = std::fs::read(dir.join(&key)).unwrap();
     bytes[20] ^= 1;
     std::fs::write(dir.join(&key), &bytes).unwrap();
@@ -264,4 +264,48 @@ fn stores_that_chunk_differently_do_not_mix() {
     assert!(err.contains("would not deduplicate"), "{err}");
     let unknown = pull(&a, &remote, &["nope".to_string()]).unwrap_err();
     assert!(unknown.to_string().contains("no boot image named \"nope\""));
+}
+
+#[test]
+fn a_remote_chunk_longer_than_the_chunking_allows_is_refused_before_it_is_decoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(&tmp.path().join("a"), &[image("base", 1, 4, 4)]);
+    let dir = tmp.path().join("remote");
+    let remote = remote(&dir);
+    push(&a, &remote, &[]).unwrap();
+    // A hostile remote: a genuine 64 MiB chunk (it hashes to its name), in
+    // a manifest of 16 384 blocks whose stream is that one chunk. Pulling
+    // it would make every decoder allocate 64 MiB, or 4 GiB had it said so.
+    let raw = vec![0u8; 64 << 20];
+    let id = ChunkId::of(&raw);
+    let object = dir.join(chunk_key(&id));
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    std::fs::write(&object, crate::codec::encode_chunk(&raw, 3)).unwrap();
+    let blocks = (raw.len() / 4096) as u64;
+    let manifest = Manifest {
+        block_size: 4096,
+        file_size: blocks * 4096,
+        identity: FileIdentity([3; 32]),
+        blocks: (0..blocks).collect(),
+        chunks: vec![crate::manifest::ChunkRef {
+            id,
+            len: raw.len() as u32,
+        }],
+    };
+    let (hash, bytes) = encode_manifest_object(&manifest).unwrap();
+    let key = manifest_key("evil", &hash);
+    std::fs::create_dir_all(dir.join(&key).parent().unwrap()).unwrap();
+    std::fs::write(dir.join(&key), bytes).unwrap();
+
+    let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(pulled.names, ["base"]);
+    assert_eq!(pulled.failed.len(), 1);
+    assert_eq!(pulled.failed[0].name, "evil");
+    assert!(
+        pulled.failed[0].why.contains("more than"),
+        "{}",
+        pulled.failed[0].why
+    );
+    assert!(verify(&b).unwrap().is_clean());
 }

@@ -1,0 +1,153 @@
+//! What the server trusts before it serves a boot image: the file's recorded
+//! blocks must hash to the manifest's chunks, whatever identity the boot
+//! image claims; checking must survive a file that changes meanwhile, and
+//! must not take a thread per file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use yolo_store_core::{
+    import, BootImage, FileHeader, FileIdentity, FileImage, ImageServer, ImportOptions, Store,
+};
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i * 31 / 7 + i / 4096) as u8 ^ seed)
+        .collect()
+}
+
+/// Imports a boot image of `images/name` claiming `identity`, whose
+/// recorded blocks `blocks` carry `block_data(block)`.
+fn import_image(
+    store: &Store,
+    name: &str,
+    file_size: u64,
+    identity: FileIdentity,
+    blocks: &[u64],
+    block_data: impl Fn(u64) -> Vec<u8>,
+) {
+    let data = blocks.iter().flat_map(|&b| block_data(b)).collect();
+    let image = BootImage {
+        block_size: 4096,
+        files: vec![FileImage {
+            header: FileHeader {
+                name: name.into(),
+                file_size,
+                identity,
+                blocks: blocks.to_vec(),
+            },
+            data,
+        }],
+    };
+    import(store, &image, &ImportOptions::default()).unwrap();
+}
+
+fn block_of(data: &[u8], b: u64) -> Vec<u8> {
+    let start = b as usize * 4096;
+    data[start..(start + 4096).min(data.len())].to_vec()
+}
+
+fn setup(dir: &Path) -> (std::path::PathBuf, Store) {
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let store = Store::open_or_create(&dir.join("store"), None).unwrap();
+    (images, store)
+}
+
+#[test]
+fn a_boot_image_that_copies_a_files_identity_but_not_its_blocks_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, store) = setup(dir.path());
+    let data = content(16 * 4096, 0);
+    std::fs::write(images.join("vmi"), &data).unwrap();
+    // The genuine identity, with forged block data: what a poisoned remote
+    // or a resealed .yolo would carry.
+    let genuine = FileIdentity::of_file(&images.join("vmi")).unwrap();
+    import_image(&store, "vmi", data.len() as u64, genuine, &[3, 1, 4], |b| {
+        block_of(&data, b).iter().map(|x| x ^ 0x5A).collect()
+    });
+    let server = ImageServer::new(Arc::new(store), &images, 1 << 20).unwrap();
+    let _ = server.verify_boot_image("vmi");
+    for _ in 0..2 {
+        let image = server.open("vmi").unwrap();
+        assert!(!image.has_boot_image(), "a forged boot image is served");
+        assert_eq!(server.read(&image, 0, data.len()).unwrap(), data);
+    }
+}
+
+#[test]
+fn checking_a_file_that_is_truncated_meanwhile_does_not_kill_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, store) = setup(dir.path());
+    let len: u64 = 512 << 20;
+    let path = images.join("vmi");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(len).unwrap();
+    let zero = vec![0u8; 4096];
+    import_image(
+        &store,
+        "vmi",
+        len,
+        FileIdentity([7; 32]),
+        &[0, 9_000, 100_000],
+        |_| zero.clone(),
+    );
+    let server = ImageServer::new(Arc::new(store), &images, 1 << 20).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let truncator = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.set_len(4096).unwrap();
+                file.set_len(len).unwrap();
+            }
+        })
+    };
+    for _ in 0..20 {
+        // Ok or an error: either way the process lives.
+        let _ = server.verify_boot_image("vmi");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    truncator.join().unwrap();
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn opening_many_new_files_does_not_take_a_thread_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, store) = setup(dir.path());
+    let len: u64 = 256 << 20;
+    let files = 48;
+    for i in 0..files {
+        let name = format!("vmi{i}");
+        std::fs::File::create(images.join(&name))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let zero = vec![0u8; 4096];
+        import_image(
+            &store,
+            &name,
+            len,
+            FileIdentity([i as u8; 32]),
+            &[0, 1],
+            |_| zero.clone(),
+        );
+    }
+    let server = ImageServer::new(Arc::new(store), &images, 1 << 20).unwrap();
+    let before = threads();
+    let mut most = before;
+    for i in 0..files {
+        server.open(&format!("vmi{i}")).unwrap();
+        most = most.max(threads());
+    }
+    // A bounded pool: a few workers, whatever the number of files.
+    assert!(
+        most <= before + 8,
+        "{} threads for {files} files",
+        most - before
+    );
+}

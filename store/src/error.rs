@@ -40,6 +40,10 @@ pub enum Error {
     #[error("store at {path} is not usable: {why}")]
     StoreConfig { path: PathBuf, why: String },
 
+    /// gc will not run on refcounts it cannot trust.
+    #[error("gc refused: {0}; run `yolo-store verify --repair --images DIR` first")]
+    GcRefused(String),
+
     #[error("store at {0} is being changed by another yolo-store process")]
     Busy(PathBuf),
 

@@ -16,7 +16,7 @@ use crate::id::{ChunkId, FileIdentity};
 use crate::import::distinct;
 use crate::manifest::Manifest;
 use crate::name::validate_name;
-use crate::store::{pack_key, ChunkInfo, Readable, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
+use crate::store::{pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
 use crate::verify::{Problem, VerifyReport};
 use crate::{Error, Result};
 
@@ -272,14 +272,36 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
     }
     let packs = store.build_packs(&chunks);
     store.put_packs(&mut batch, &packs)?;
+    let mut deleted = HashSet::new();
     for (pack, count) in remaining {
         if count == 0 && (every_ref_read || fix.damaged_packs.contains(&pack)) {
             batch.delete_cf(packs_cf, pack_key(pack));
+            deleted.insert(pack);
         }
     }
     store.write(batch)?;
     for range in &tables {
         store.drop_tables(CF_REFS, range)?;
+    }
+    // With every damaged pack deleted, a scan of their table files' ranges
+    // fails only on a damaged block of a table (a deleted key's blob is not
+    // read): then that file goes too, or every compaction would fail on it.
+    let (Some(&low), Some(&high)) = (
+        fix.damaged_packs.iter().min(),
+        fix.damaged_packs.iter().max(),
+    ) else {
+        return Ok(());
+    };
+    if fix.damaged_packs.is_subset(&deleted) {
+        let packs = Gap {
+            column_family: CF_PACKS.into(),
+            after: low.checked_sub(1).map(|id| pack_key(id).to_vec()),
+            before: Some(pack_key(high.saturating_add(1)).to_vec()),
+            why: String::new(),
+        };
+        for range in store.tables_holding(&packs)?.unwrap_or_default() {
+            store.rewrite_unreadable_range(CF_PACKS, &range)?;
+        }
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ErrorKind,
-    FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +169,13 @@ pub(crate) enum Readable<T> {
 /// the disk failed to read it) rather than about the database as a whole.
 fn damaged(e: &rocksdb::Error) -> bool {
     matches!(e.kind(), ErrorKind::Corruption | ErrorKind::IOError)
+}
+
+/// The first key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -576,9 +583,27 @@ impl Store {
     /// RocksDB can read. A damaged SST block stops an iterator for good,
     /// so past one the rest is read backwards from the end, and the keys
     /// in between are returned as the [`Gap`] nothing could read.
-    fn scan(&self, name: &str, mut each: impl FnMut(&[u8], &[u8])) -> Result<Option<Gap>> {
+    fn scan(&self, name: &str, each: impl FnMut(&[u8], &[u8])) -> Result<Option<Gap>> {
+        self.scan_range(name, None, each)
+    }
+
+    /// [`Store::scan`], of the keys of `range` only (all if `None`).
+    fn scan_range(
+        &self,
+        name: &str,
+        range: Option<&KeyRange>,
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> Result<Option<Gap>> {
         let cf = self.cf(name)?;
-        let mut forward = self.db.raw_iterator_cf(cf);
+        let bounded = || {
+            let mut opts = ReadOptions::default();
+            if let Some((first, last)) = range {
+                opts.set_iterate_lower_bound(first.clone());
+                opts.set_iterate_upper_bound(successor(last));
+            }
+            opts
+        };
+        let mut forward = self.db.raw_iterator_cf_opt(cf, bounded());
         forward.seek_to_first();
         let mut after: Option<Vec<u8>> = None;
         while let (Some(key), Some(value)) = (forward.key(), forward.value()) {
@@ -591,7 +616,7 @@ impl Store {
             Err(e) if damaged(&e) => e.into_string(),
             Err(e) => return Err(e.into()),
         };
-        let mut backward = self.db.raw_iterator_cf(cf);
+        let mut backward = self.db.raw_iterator_cf_opt(cf, bounded());
         backward.seek_to_last();
         let mut before: Option<Vec<u8>> = None;
         while let (Some(key), Some(value)) = (backward.key(), backward.value()) {
@@ -716,10 +741,27 @@ impl Store {
         (first, last): &KeyRange,
     ) -> Result<()> {
         // The end of a range deletion is exclusive: the key right after.
-        let mut end = last.clone();
-        end.push(0);
-        batch.delete_range_cf(self.cf(cf)?, first, &end);
+        batch.delete_range_cf(self.cf(cf)?, first, &successor(last));
         Ok(())
+    }
+
+    /// If some records of `cf` in `range` do not read (a damaged block of a
+    /// table file: a damaged blob whose key is deleted is not read), writes
+    /// back every one that does over a deletion of the range, in one synced
+    /// batch, then drops the table files inside the range. True if it did.
+    pub(crate) fn rewrite_unreadable_range(&self, cf: &str, range: &KeyRange) -> Result<bool> {
+        let mut batch = WriteBatch::default();
+        self.delete_keys(&mut batch, cf, range)?;
+        let handle = self.cf(cf)?;
+        let gap = self.scan_range(cf, Some(range), |key, value| {
+            batch.put_cf(handle, key, value);
+        })?;
+        if gap.is_none() {
+            return Ok(false);
+        }
+        self.write(batch)?;
+        self.drop_tables(cf, range)?;
+        Ok(true)
     }
 
     /// Drops the table files of `cf` whose keys all lie from `first` to

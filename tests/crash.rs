@@ -195,16 +195,21 @@ fn repair_restores(env: &Env, yolos: &[PathBuf; 2]) {
     assert!(env.ok(&["verify"]).contains("clean"));
 }
 
-#[test]
-fn a_flipped_byte_in_a_blob_file_is_named_and_rebuilt_from_the_vmis() {
-    let env = Env::new();
-    let yolos = damaged_store_setup(&env);
-    let blob = std::fs::read_dir(env.store())
+/// The store's largest blob file.
+fn largest_blob(env: &Env) -> PathBuf {
+    std::fs::read_dir(env.store())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "blob"))
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .expect("a blob file");
+        .expect("a blob file")
+}
+
+#[test]
+fn a_flipped_byte_in_a_blob_file_is_named_and_rebuilt_from_the_vmis() {
+    let env = Env::new();
+    let yolos = damaged_store_setup(&env);
+    let blob = largest_blob(&env);
     let len = std::fs::metadata(&blob).unwrap().len();
     flip(&blob, len / 2, 1);
 
@@ -378,4 +383,23 @@ fn a_flipped_byte_in_the_packs_sst_is_named_and_rebuilt_from_the_vmis() {
     // Repaired, the table file is gone too: `gc` (its compaction reads
     // every table) runs in `repair_restores`.
     repair_restores(&env, &yolos);
+}
+
+#[test]
+fn a_mount_serves_exact_bytes_past_a_damaged_blob() {
+    let env = Env::new();
+    // The images directory apart from the mountpoint and the store.
+    std::fs::create_dir(env.path("images")).unwrap();
+    let yolo = big_image(&env, "images/a.img", 7, 1_500);
+    env.ok(&["import", yolo.to_str().unwrap()]);
+    let blob = largest_blob(&env);
+    flip(&blob, std::fs::metadata(&blob).unwrap().len() / 2, 1);
+
+    let mount = common::Mount::start(&env, "mount", &env.path("images"), &env.path("mnt"), &[]);
+    mount.wait_verified();
+    let through = std::fs::read(mount.file("a.img")).unwrap();
+    assert!(through == std::fs::read(env.path("images/a.img")).unwrap());
+    let status = mount.status();
+    assert!(status["chunk_failures"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["bytes_from_store"].as_u64().unwrap() > 0, "{status}");
 }

@@ -173,10 +173,10 @@ fn verify_names_damage(env: &Env) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("verify --json prints its report")
 }
 
-/// Repair from the VMI files, then verify is clean and both VMIs export
-/// byte for byte as imported.
-fn repair_restores(env: &Env, yolos: &[PathBuf; 2]) {
-    let images = env.dir.path().to_str().unwrap();
+/// Repair from the VMI files in `images`, saying `says`, then verify is
+/// clean and both VMIs export byte for byte as imported.
+fn repair_restores(env: &Env, yolos: &[PathBuf; 2], images: &std::path::Path, says: &str) {
+    let images = images.to_str().unwrap();
     let out = env.run(&["verify", "--repair", "--images", images]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -184,7 +184,7 @@ fn repair_restores(env: &Env, yolos: &[PathBuf; 2]) {
         "{}\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(stderr.contains("repaired chunk"), "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
     assert!(env.ok(&["verify"]).contains("clean"));
     for (name, yolo) in ["a.img", "b.img"].iter().zip(yolos) {
         let out = env.path("out.yolo");
@@ -228,15 +228,17 @@ fn a_flipped_byte_in_a_blob_file_is_named_and_rebuilt_from_the_vmis() {
     );
     // verify went on past it: the other packs were read and checked.
     assert!(report["chunks"].as_u64().unwrap() >= 1_000, "{report}");
-    repair_restores(&env, &yolos);
+    repair_restores(&env, &yolos, env.dir.path(), "repaired chunk");
 }
 
 #[test]
-fn a_flipped_byte_in_an_sst_is_named_and_rebuilt_from_the_vmis() {
+fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_packs() {
     let env = Env::new();
     let yolos = damaged_store_setup(&env);
     // gc compacts: the refs records now live in one table file per level.
     env.ok(&["gc"]);
+    let chunks_before = env.json(&["verify"])["chunks"].clone();
+    let stored_before = env.json(&["stats"])["totals"]["stored_bytes"].clone();
     let sst = {
         let store = yolo_store_core::Store::open(&env.store()).unwrap();
         store
@@ -258,20 +260,34 @@ fn a_flipped_byte_in_an_sst_is_named_and_rebuilt_from_the_vmis() {
             .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "refs"),
         "{report}"
     );
+    // Each chunk in use whose record is lost is named, with where its
+    // bytes still are.
     let lost: Vec<_> = problems
         .iter()
-        .filter(|p| p["problem"] == "corrupt-chunk")
+        .filter(|p| p["problem"] == "lost-record")
         .collect();
     assert!(!lost.is_empty(), "{report}");
     assert!(
-        lost.iter().all(|p| p["why"]
-            .as_str()
-            .unwrap()
-            .contains("refs record is unreadable")
-            && !p["used_by"].as_array().unwrap().is_empty()),
+        lost.iter().all(
+            |p| p["intact_in"]["pack"].is_u64() && !p["used_by"].as_array().unwrap().is_empty()
+        ),
         "{report}"
     );
-    repair_restores(&env, &yolos);
+    // The records are rebuilt from the packs alone: no VMI file needed.
+    let no_images = env.path("no-images");
+    std::fs::create_dir(&no_images).unwrap();
+    repair_restores(
+        &env,
+        &yolos,
+        &no_images,
+        "repaired the refs record of chunk",
+    );
+    // No chunk was stored twice, and the records' sizes are as they were.
+    assert_eq!(env.json(&["verify"])["chunks"], chunks_before);
+    assert_eq!(
+        env.json(&["stats"])["totals"]["stored_bytes"],
+        stored_before
+    );
 }
 
 #[test]
@@ -382,7 +398,7 @@ fn a_flipped_byte_in_the_packs_sst_is_named_and_rebuilt_from_the_vmis() {
     );
     // Repaired, the table file is gone too: `gc` (its compaction reads
     // every table) runs in `repair_restores`.
-    repair_restores(&env, &yolos);
+    repair_restores(&env, &yolos, env.dir.path(), "repaired chunk");
 }
 
 #[test]

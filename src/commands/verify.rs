@@ -38,6 +38,9 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 for chunk in &repaired.dropped {
                     eprintln!("dropped chunk {chunk} of a damaged pack: no boot image uses it");
                 }
+                for (chunk, pack) in &repaired.relocated {
+                    eprintln!("repaired the refs record of chunk {chunk}: its bytes are intact in pack {pack}");
+                }
                 for (chunk, recorded, actual) in &repaired.refcounts_fixed {
                     eprintln!("set the refcount of chunk {chunk} from {recorded} to {actual}");
                 }

@@ -47,4 +47,4 @@ pub use serve::{FileVersion, ImageServer, OpenImage, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};
-pub use verify::{verify, DamagedChunk, Problem, VerifyReport};
+pub use verify::{verify, DamagedChunk, Place, Problem, VerifyReport};

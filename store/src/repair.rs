@@ -17,7 +17,7 @@ use crate::import::distinct;
 use crate::manifest::Manifest;
 use crate::name::validate_name;
 use crate::store::{pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
-use crate::verify::{Problem, VerifyReport};
+use crate::verify::{Place, Problem, VerifyReport};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,6 +32,9 @@ pub struct RepairReport {
     /// (chunk, refcount recorded, refcount written): set to the number of
     /// manifests that use the chunk.
     pub refcounts_fixed: Vec<(String, u64, u64)>,
+    /// (chunk, pack): chunks whose refs records were lost, given new ones
+    /// that point at their intact bytes in that pack.
+    pub relocated: Vec<(String, u64)>,
 }
 
 /// What a repair writes, in one batch.
@@ -45,6 +48,8 @@ struct Fix {
     damaged_packs: HashSet<u64>,
     /// Verify found refs records it could not read.
     damaged_refs: bool,
+    /// (chunk, where its bytes are intact, refcount): lost refs records.
+    relocated: Vec<(ChunkId, Place, u64)>,
 }
 
 /// Rebuilds every corrupt or missing chunk `report` names, and every chunk
@@ -65,6 +70,18 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
     for problem in &report.problems {
         match problem {
             Problem::CorruptChunk { chunk, used_by, .. } => todo.push((chunk, used_by)),
+            Problem::LostRecord {
+                chunk,
+                used_by,
+                intact_in: Some(place),
+                ..
+            } => {
+                // Its refcount: the VMIs known to use it (at least 1).
+                let refs = used_by.len() as u64;
+                fix.relocated.push((parse(chunk)?, *place, refs));
+                out.relocated.push((chunk.clone(), place.pack));
+            }
+            Problem::LostRecord { chunk, used_by, .. } => todo.push((chunk, used_by)),
             Problem::MissingChunk { chunk, used_by } => todo.push((chunk, used_by)),
             Problem::DamagedPack { pack, chunks, .. } => {
                 fix.damaged_packs.insert(*pack);
@@ -199,6 +216,7 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
     if fix.rebuilt.is_empty()
         && fix.dropped.is_empty()
         && fix.refcounts.is_empty()
+        && fix.relocated.is_empty()
         && !fix.damaged_refs
     {
         return Ok(());
@@ -269,6 +287,12 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
         // 1 keeps it from gc until the manifests read again.
         let refs = refs.or(recorded).unwrap_or(1);
         chunks.push((*id, &raw[..], refs));
+    }
+    for (id, place, refs) in &fix.relocated {
+        if let Some(info) = store.locate(place.pack, place.offset, *refs)? {
+            batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+            *remaining.entry(place.pack).or_default() += 1;
+        }
     }
     let packs = store.build_packs(&chunks);
     store.put_packs(&mut batch, &packs)?;

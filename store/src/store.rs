@@ -171,6 +171,25 @@ fn damaged(e: &rocksdb::Error) -> bool {
     matches!(e.kind(), ErrorKind::Corruption | ErrorKind::IOError)
 }
 
+/// Each chunk's share of its pack's `stored` bytes, in proportion to its
+/// raw length, so that sums of `stored_len` (stats, gc plans) add up to the
+/// packs' sizes.
+fn shares(stored: u64, raw_lens: &[u64]) -> Vec<u32> {
+    let raw_total: u64 = raw_lens.iter().sum();
+    let mut shares = Vec::with_capacity(raw_lens.len());
+    let (mut given, mut raw_so_far) = (0u64, 0u64);
+    for len in raw_lens {
+        raw_so_far += len;
+        let upto = (stored * raw_so_far).checked_div(raw_total).unwrap_or(0);
+        shares.push((upto - given) as u32);
+        given = upto;
+    }
+    if let Some(last) = shares.last_mut() {
+        *last += (stored - given) as u32;
+    }
+    shares
+}
+
 /// The first key after `key`.
 fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
@@ -396,24 +415,9 @@ impl Store {
                 let run = &chunks[run];
                 let input: Vec<&[u8]> = run.iter().map(|(_, raw, _)| *raw).collect();
                 let (value, offsets) = encode_pack(&input, level);
-                let raw_total: u64 = run.iter().map(|(_, raw, _)| raw.len() as u64).sum();
                 let id = first + i as u64;
-                // Each chunk's share of the stored bytes, so sums of
-                // `stored_len` (stats, gc plans) add up to the packs' sizes.
-                let mut shares = Vec::with_capacity(run.len());
-                let mut given = 0u64;
-                let mut raw_so_far = 0u64;
-                for (_, raw, _) in run {
-                    raw_so_far += raw.len() as u64;
-                    let upto = (value.len() as u64 * raw_so_far)
-                        .checked_div(raw_total)
-                        .unwrap_or(0);
-                    shares.push((upto - given) as u32);
-                    given = upto;
-                }
-                if let Some(last) = shares.last_mut() {
-                    *last += (value.len() as u64 - given) as u32;
-                }
+                let lens: Vec<u64> = run.iter().map(|(_, raw, _)| raw.len() as u64).collect();
+                let shares = shares(value.len() as u64, &lens);
                 let chunks = run
                     .iter()
                     .zip(offsets)
@@ -703,6 +707,34 @@ impl Store {
         let cf = self.cf(CF_PACKS)?;
         let keys: Vec<[u8; 8]> = ids.iter().map(|id| pack_key(*id)).collect();
         Ok(self.db.batched_multi_get_cf(cf, keys.iter(), false))
+    }
+
+    /// The refs record, with refcount `refs`, of the chunk that starts at
+    /// raw `offset` of pack `pack`: for a chunk whose own record is lost
+    /// but whose bytes `verify` found intact there. `None` if the pack no
+    /// longer reads or has no chunk there.
+    pub(crate) fn locate(&self, pack: u64, offset: u32, refs: u64) -> Result<Option<ChunkInfo>> {
+        let Some(value) = self.read_encoded_packs(&[pack])?.pop().flatten() else {
+            return Ok(None);
+        };
+        let Ok(decoded) = decode_pack(&value) else {
+            return Ok(None);
+        };
+        let lens: Vec<u64> = decoded.chunks().map(|c| c.len() as u64).collect();
+        let mut at = 0u64;
+        for (len, share) in lens.iter().zip(shares(value.len() as u64, &lens)) {
+            if at == u64::from(offset) {
+                return Ok(Some(ChunkInfo {
+                    refs,
+                    raw_len: *len as u32,
+                    stored_len: share,
+                    pack,
+                    offset,
+                }));
+            }
+            at += len;
+        }
+        Ok(None)
     }
 
     /// Every pack id ever given out is below this.

@@ -23,6 +23,15 @@ pub enum Problem {
         why: String,
         used_by: Vec<String>,
     },
+    /// A chunk in use whose refs record RocksDB cannot read, and where
+    /// verify found its bytes intact, if anywhere.
+    LostRecord {
+        chunk: String,
+        why: String,
+        used_by: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        intact_in: Option<Place>,
+    },
     /// A manifest references a chunk the store does not have.
     MissingChunk {
         chunk: String,
@@ -73,6 +82,13 @@ pub enum Problem {
     },
 }
 
+/// Where a chunk's bytes are: its pack and raw offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Place {
+    pub pack: u64,
+    pub offset: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DamagedChunk {
     pub chunk: String,
@@ -93,6 +109,20 @@ impl fmt::Display for Problem {
                     list(used_by)
                 )
             }
+            Problem::LostRecord {
+                chunk,
+                why,
+                used_by,
+                intact_in,
+            } => write!(
+                f,
+                "chunk {chunk}: its refs record is unreadable ({why}); {}, used by: {}",
+                intact_in.map_or("no intact copy in any pack".to_string(), |p| format!(
+                    "an intact copy is in pack {} at offset {}",
+                    p.pack, p.offset
+                )),
+                list(used_by)
+            ),
             Problem::MissingChunk { chunk, used_by } => {
                 write!(f, "missing chunk {chunk}, used by: {}", list(used_by))
             }
@@ -324,11 +354,21 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             report.problems.push(Problem::UntrackedPack { pack });
         }
     }
+    // Where the chunks whose records are lost still are, intact.
+    let mut intact: HashMap<ChunkId, Place> = HashMap::new();
+    if !unreadable_refs.is_empty() {
+        for (&(pack, offset), (id, _)) in &packs.chunks {
+            if unreadable_refs.contains_key(id) {
+                intact.entry(*id).or_insert(Place { pack, offset });
+            }
+        }
+    }
     for (id, why) in &unreadable_refs {
-        report.problems.push(Problem::CorruptChunk {
+        report.problems.push(Problem::LostRecord {
             chunk: id.to_hex(),
-            why: format!("its refs record is unreadable ({why})"),
+            why: why.clone(),
             used_by: used_by(id),
+            intact_in: intact.get(id).copied(),
         });
     }
     for (id, names) in &users {

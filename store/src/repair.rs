@@ -209,9 +209,11 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
 }
 
 /// Stores the rebuilt chunks in new packs with their true refcounts,
-/// writes the corrected refcounts, deletes the refs records of dropped
-/// chunks, and deletes each pack this leaves empty, in one synced batch:
-/// a repair killed part way leaves the store as it was, or repaired.
+/// writes the corrected refcounts and the records of relocated chunks,
+/// deletes the refs records of dropped chunks, and deletes each pack this
+/// leaves empty, in one synced batch: a repair killed part way leaves the
+/// store as it was, or repaired. Damaged table files are dropped after it
+/// (killed before, the next repair finds them again).
 fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
     if fix.rebuilt.is_empty()
         && fix.dropped.is_empty()

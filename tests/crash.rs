@@ -135,3 +135,287 @@ fn gc_racing_import_never_collects_a_chunk_the_import_uses() {
         env.ok(&["rm", "a.img"]);
     }
 }
+
+/// Two VMIs in the test directory (also the images directory for repair)
+/// that share most of their blocks, imported; their `.yolo` files.
+fn damaged_store_setup(env: &Env) -> [PathBuf; 2] {
+    let a = big_image(env, "a.img", 5, 1_500);
+    let b = big_image(env, "b.img", 5, 1_000);
+    env.ok(&["import", a.to_str().unwrap(), b.to_str().unwrap()]);
+    [a, b]
+}
+
+/// Inverts `len` bytes of `path` from `at`, as a failing disk would.
+fn flip(path: &std::path::Path, at: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, at).unwrap();
+    buf.iter_mut().for_each(|b| *b = !*b);
+    file.write_all_at(&buf, at).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// `verify` on a damaged store: fails, but prints every problem and its
+/// summary, in text and in JSON.
+fn verify_names_damage(env: &Env) -> serde_json::Value {
+    let out = env.run(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("PROBLEM: "), "{text}");
+    assert!(text.contains("verified 2 manifests"), "{text}");
+    let out = env.run(&["verify", "--json"]);
+    assert!(!out.status.success());
+    serde_json::from_slice(&out.stdout).expect("verify --json prints its report")
+}
+
+/// Repair from the VMI files in `images`, saying `says`, then verify is
+/// clean and both VMIs export byte for byte as imported.
+fn repair_restores(env: &Env, yolos: &[PathBuf; 2], images: &std::path::Path, says: &str) {
+    let images = images.to_str().unwrap();
+    let out = env.run(&["verify", "--repair", "--images", images]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains(says), "{stderr}");
+    assert!(env.ok(&["verify"]).contains("clean"));
+    for (name, yolo) in ["a.img", "b.img"].iter().zip(yolos) {
+        let out = env.path("out.yolo");
+        env.ok(&["export", name, "-o", out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(yolo).unwrap());
+    }
+    env.ok(&["gc"]);
+    assert!(env.ok(&["verify"]).contains("clean"));
+}
+
+/// The store's largest blob file.
+fn largest_blob(env: &Env) -> PathBuf {
+    std::fs::read_dir(env.store())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "blob"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a blob file")
+}
+
+#[test]
+fn a_flipped_byte_in_a_blob_file_is_named_and_rebuilt_from_the_vmis() {
+    let env = Env::new();
+    let yolos = damaged_store_setup(&env);
+    let blob = largest_blob(&env);
+    let len = std::fs::metadata(&blob).unwrap().len();
+    flip(&blob, len / 2, 1);
+
+    let report = verify_names_damage(&env);
+    let problems = report["problems"].as_array().unwrap();
+    let damaged: Vec<_> = problems
+        .iter()
+        .filter(|p| p["problem"] == "damaged-pack")
+        .collect();
+    assert_eq!(damaged.len(), 1, "{report}");
+    let chunks = damaged[0]["chunks"].as_array().unwrap();
+    assert!(!chunks.is_empty(), "{report}");
+    assert!(
+        chunks.iter().all(|c| c["used_by"][0] == "a.img"),
+        "{report}"
+    );
+    // verify went on past it: the other packs were read and checked.
+    assert!(report["chunks"].as_u64().unwrap() >= 1_000, "{report}");
+    repair_restores(&env, &yolos, env.dir.path(), "repaired chunk");
+}
+
+#[test]
+fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_packs() {
+    let env = Env::new();
+    let yolos = damaged_store_setup(&env);
+    // gc compacts: the refs records now live in one table file per level.
+    env.ok(&["gc"]);
+    let chunks_before = env.json(&["verify"])["chunks"].clone();
+    let stored_before = env.json(&["stats"])["totals"]["stored_bytes"].clone();
+    let sst = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        store
+            .table_files("refs")
+            .unwrap()
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .expect("a refs table file")
+    };
+    // A third of the way in: a data block (the index and footer are last).
+    let len = std::fs::metadata(&sst).unwrap().len();
+    flip(&sst, len / 3, 1);
+
+    let report = verify_names_damage(&env);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "refs"),
+        "{report}"
+    );
+    // Each chunk in use whose record is lost is named, with where its
+    // bytes still are.
+    let lost: Vec<_> = problems
+        .iter()
+        .filter(|p| p["problem"] == "lost-record")
+        .collect();
+    assert!(!lost.is_empty(), "{report}");
+    assert!(
+        lost.iter().all(
+            |p| p["intact_in"]["pack"].is_u64() && !p["used_by"].as_array().unwrap().is_empty()
+        ),
+        "{report}"
+    );
+    // The records are rebuilt from the packs alone: no VMI file needed.
+    let no_images = env.path("no-images");
+    std::fs::create_dir(&no_images).unwrap();
+    repair_restores(
+        &env,
+        &yolos,
+        &no_images,
+        "repaired the refs record of chunk",
+    );
+    // No chunk was stored twice, and the records' sizes are as they were.
+    assert_eq!(env.json(&["verify"])["chunks"], chunks_before);
+    assert_eq!(
+        env.json(&["stats"])["totals"]["stored_bytes"],
+        stored_before
+    );
+}
+
+#[test]
+fn gc_refuses_wrong_refcounts_and_repair_recomputes_them() {
+    let env = Env::new();
+    let yolos = damaged_store_setup(&env);
+    let shared = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        let id = store.manifest("b.img").unwrap().chunks[0].id;
+        // Both VMIs use it; the record says nobody does.
+        store.set_refcount(&id, 0).unwrap();
+        id.to_hex()
+    };
+    let report = env.run(&["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(
+        report["problems"],
+        serde_json::json!([{"problem": "refcount-mismatch", "chunk": shared, "recorded": 0, "actual": 2}])
+    );
+    let err = env.fails(&["gc"]);
+    assert!(
+        err.contains("gc refused") && err.contains("verify --repair"),
+        "{err}"
+    );
+    assert!(env.fails(&["gc", "--dry-run"]).contains("gc refused"));
+
+    let images = env.dir.path().to_str().unwrap();
+    let stderr =
+        String::from_utf8_lossy(&env.run(&["verify", "--repair", "--images", images]).stderr)
+            .into_owned();
+    assert!(
+        stderr.contains(&format!("chunk {shared} from 0 to 2")),
+        "{stderr}"
+    );
+    assert!(env.ok(&["verify"]).contains("clean"));
+    env.ok(&["gc"]);
+    for (name, yolo) in ["a.img", "b.img"].iter().zip(&yolos) {
+        let out = env.path("out.yolo");
+        env.ok(&["export", name, "-o", out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(yolo).unwrap());
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_manifests_sst_is_named_and_repair_changes_no_refcount() {
+    let env = Env::new();
+    damaged_store_setup(&env);
+    env.ok(&["gc"]);
+    let (sst, before) = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        let sst = store
+            .table_files("manifests")
+            .unwrap()
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .expect("a manifests table file");
+        (sst, store.chunk_infos().unwrap())
+    };
+    flip(&sst, std::fs::metadata(&sst).unwrap().len() / 3, 1);
+
+    // Named; and with the manifests unknown, no refcount is called wrong.
+    let out = env.run(&["verify", "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "manifests"),
+        "{report}"
+    );
+    assert!(
+        problems.iter().all(|p| p["problem"] != "refcount-mismatch"),
+        "{report}"
+    );
+    // Repair cannot rebuild a manifest; it must not touch the refcounts,
+    // and gc must not run.
+    let images = env.dir.path().to_str().unwrap();
+    env.fails(&["verify", "--repair", "--images", images]);
+    env.fails(&["gc"]);
+    let store = yolo_store_core::Store::open(&env.store()).unwrap();
+    assert!(store.chunk_infos().unwrap() == before);
+}
+
+#[test]
+fn a_flipped_byte_in_the_packs_sst_is_named_and_rebuilt_from_the_vmis() {
+    let env = Env::new();
+    let yolos = damaged_store_setup(&env);
+    env.ok(&["gc"]);
+    let sst = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        store
+            .table_files("packs")
+            .unwrap()
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .expect("a packs table file")
+    };
+    // Inside the first data block, which starts the file: the packs table
+    // holds only the blob references, a few hundred bytes.
+    flip(&sst, 20, 1);
+
+    let report = verify_names_damage(&env);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["problem"] == "damaged-pack"),
+        "{report}"
+    );
+    // Repaired, the table file is gone too: `gc` (its compaction reads
+    // every table) runs in `repair_restores`.
+    repair_restores(&env, &yolos, env.dir.path(), "repaired chunk");
+}
+
+#[test]
+fn a_mount_serves_exact_bytes_past_a_damaged_blob() {
+    let env = Env::new();
+    // The images directory apart from the mountpoint and the store.
+    std::fs::create_dir(env.path("images")).unwrap();
+    let yolo = big_image(&env, "images/a.img", 7, 1_500);
+    env.ok(&["import", yolo.to_str().unwrap()]);
+    let blob = largest_blob(&env);
+    flip(&blob, std::fs::metadata(&blob).unwrap().len() / 2, 1);
+
+    let mount = common::Mount::start(&env, "mount", &env.path("images"), &env.path("mnt"), &[]);
+    mount.wait_verified();
+    let through = std::fs::read(mount.file("a.img")).unwrap();
+    assert!(through == std::fs::read(env.path("images/a.img")).unwrap());
+    let status = mount.status();
+    assert!(status["chunk_failures"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["bytes_from_store"].as_u64().unwrap() > 0, "{status}");
+}

@@ -10,8 +10,9 @@ use crate::human;
 pub struct Args {
     #[arg(long)]
     json: bool,
-    /// Rebuild corrupt or missing chunks from the VMI files under --images
-    /// whose identity still matches their boot image, then verify again.
+    /// Rebuild corrupt or missing chunks, and the chunks of damaged packs,
+    /// from the VMI files under --images whose identity still matches their
+    /// boot image; set wrong refcounts from the manifests; then verify again.
     #[arg(long, requires = "images")]
     repair: bool,
     /// The directory of VMI files (as given to `mount`).
@@ -33,6 +34,15 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 }
                 for (chunk, why) in &repaired.unrepaired {
                     eprintln!("could not repair chunk {chunk}: {why}");
+                }
+                for chunk in &repaired.dropped {
+                    eprintln!("dropped chunk {chunk} of a damaged pack: no boot image uses it");
+                }
+                for (chunk, pack) in &repaired.relocated {
+                    eprintln!("repaired the refs record of chunk {chunk}: its bytes are intact in pack {pack}");
+                }
+                for (chunk, recorded, actual) in &repaired.refcounts_fixed {
+                    eprintln!("set the refcount of chunk {chunk} from {recorded} to {actual}");
                 }
                 verify(&store)?
             }

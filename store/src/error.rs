@@ -43,6 +43,10 @@ pub enum Error {
     #[error("store at {0} was never finished being created (no config record); `yolo-store init` or an import finishes it")]
     UnfinishedStore(PathBuf),
 
+    /// gc will not run on refcounts it cannot trust.
+    #[error("gc refused: {0}; run `yolo-store verify --repair --images DIR` first")]
+    GcRefused(String),
+
     #[error("store at {0} is being changed by another yolo-store process")]
     Busy(PathBuf),
 

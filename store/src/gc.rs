@@ -11,7 +11,8 @@ use crate::id::ChunkId;
 use crate::pack::decode_pack;
 use crate::refcount::ManifestChanges;
 use crate::store::{pack_key, ChunkInfo, Store, CF_PACKS, CF_REFS};
-use crate::Result;
+use crate::verify::chunk_users;
+use crate::{Error, Result};
 
 /// Removes the named boot images in one atomic write; a name given twice
 /// is removed once.
@@ -45,8 +46,10 @@ pub(crate) fn hex_ids<S: serde::Serializer>(
 }
 
 pub fn plan_gc(store: &Store) -> Result<GcPlan> {
+    let infos = store.chunk_infos()?;
+    refcounts_agree(store, &infos)?;
     let mut plan = GcPlan::default();
-    for (id, info) in store.chunk_infos()? {
+    for (id, info) in infos {
         if info.refs == 0 {
             plan.chunks.push(id);
             plan.raw_bytes += u64::from(info.raw_len);
@@ -54,6 +57,52 @@ pub fn plan_gc(store: &Store) -> Result<GcPlan> {
         }
     }
     Ok(plan)
+}
+
+/// gc deletes what the refcounts call garbage, so it trusts them only when
+/// they agree with the manifests: a chunk in use whose count says 0 would
+/// be lost.
+fn refcounts_agree(store: &Store, infos: &[(ChunkId, ChunkInfo)]) -> Result<()> {
+    let manifests = store.manifests()?;
+    let mut good = Vec::with_capacity(manifests.len());
+    for (name, manifest) in &manifests {
+        match manifest {
+            Ok(m) => good.push((name.as_str(), m)),
+            Err(e) => {
+                return Err(Error::GcRefused(format!(
+                    "the manifest of {name:?} is unreadable ({e})"
+                )))
+            }
+        }
+    }
+    let users = chunk_users(good);
+    let mut wrong = infos.iter().filter_map(|(id, info)| {
+        let actual = users.get(id).map_or(0, |u| u.len() as u64);
+        (info.refs != actual).then(|| {
+            format!(
+                "chunk {id}: {} recorded, {actual} manifest(s) use it",
+                info.refs
+            )
+        })
+    });
+    let known: HashSet<&ChunkId> = infos.iter().map(|(id, _)| id).collect();
+    let mut missing = users
+        .keys()
+        .filter(|id| !known.contains(id))
+        .map(|id| format!("chunk {id}: no refs record, a manifest uses it"));
+    let first = wrong.next().or_else(|| missing.next());
+    if let Some(first) = first {
+        let more = wrong.count() + missing.count();
+        return Err(Error::GcRefused(format!(
+            "the refcounts disagree with the manifests ({first}{})",
+            if more > 0 {
+                format!(", and {more} more")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

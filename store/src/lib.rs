@@ -50,4 +50,4 @@ pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};
 pub use trust::{blocks_match, FileVersion};
-pub use verify::{verify, Problem, VerifyReport};
+pub use verify::{verify, DamagedChunk, Place, Problem, VerifyReport};

@@ -68,7 +68,6 @@ impl Pack {
     }
 
     /// The chunks in data order, unchecked.
-    #[cfg(any(test, feature = "testing"))]
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         self.bounds.windows(2).map(|w| &self.data[w[0]..w[1]])
     }

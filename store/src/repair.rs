@@ -3,7 +3,8 @@
 //! (same identity). The rebuilt bytes must hash to the chunk's id, so a
 //! repair can only restore the original content, never invent it.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -14,8 +15,8 @@ use serde::Serialize;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::Manifest;
 use crate::name::validate_name;
-use crate::store::{pack_key, ChunkInfo, Store, CF_PACKS};
-use crate::verify::{Problem, VerifyReport};
+use crate::store::{pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
+use crate::verify::{Place, Problem, VerifyReport};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -24,24 +25,94 @@ pub struct RepairReport {
     pub repaired: Vec<(String, String)>,
     /// (chunk, why no VMI could rebuild it)
     pub unrepaired: Vec<(String, String)>,
+    /// Chunks of damaged packs that no VMI uses: garbage, so their refs
+    /// records are deleted rather than rebuilt.
+    pub dropped: Vec<String>,
+    /// (chunk, refcount recorded, refcount written): set to the number of
+    /// manifests that use the chunk.
+    pub refcounts_fixed: Vec<(String, u64, u64)>,
+    /// (chunk, pack): chunks whose refs records were lost, given new ones
+    /// that point at their intact bytes in that pack.
+    pub relocated: Vec<(String, u64)>,
 }
 
-/// Rebuilds every corrupt or missing chunk `report` names from the VMI
-/// files under `images`.
+/// What a repair writes, in one batch.
+#[derive(Default)]
+struct Fix {
+    /// (chunk, raw bytes, refcount if known from every manifest)
+    rebuilt: Vec<(ChunkId, Vec<u8>, Option<u64>)>,
+    dropped: Vec<ChunkId>,
+    refcounts: Vec<(ChunkId, u64)>,
+    /// Packs verify found damaged: deleted once no chunk is left in them.
+    damaged_packs: HashSet<u64>,
+    /// Verify found refs records it could not read.
+    damaged_refs: bool,
+    /// (chunk, where its bytes are intact, refcount): lost refs records.
+    relocated: Vec<(ChunkId, Place, u64)>,
+}
+
+/// Rebuilds every corrupt or missing chunk `report` names, and every chunk
+/// of a damaged pack, from the VMI files under `images`; sets every
+/// refcount it names as wrong to the number of manifests that use the
+/// chunk.
 pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<RepairReport> {
     let mut out = RepairReport::default();
-    let mut rebuilt_chunks: Vec<(ChunkId, Vec<u8>, u64)> = Vec::new();
+    let mut fix = Fix::default();
+    // With a manifest unreadable, the VMIs that use a chunk are not all
+    // known: a rebuilt chunk keeps its recorded refcount.
+    let every_manifest_read = !report.problems.iter().any(|p| match p {
+        Problem::BadManifest { .. } => true,
+        Problem::UnreadableRecords { column_family, .. } => column_family == CF_MANIFESTS,
+        _ => false,
+    });
+    let mut todo: Vec<(&String, &Vec<String>)> = Vec::new();
+    for problem in &report.problems {
+        match problem {
+            Problem::CorruptChunk { chunk, used_by, .. } => todo.push((chunk, used_by)),
+            Problem::LostRecord {
+                chunk,
+                used_by,
+                intact_in: Some(place),
+                ..
+            } => {
+                // Its refcount: the VMIs known to use it (at least 1).
+                let refs = used_by.len() as u64;
+                fix.relocated.push((parse(chunk)?, *place, refs));
+                out.relocated.push((chunk.clone(), place.pack));
+            }
+            Problem::LostRecord { chunk, used_by, .. } => todo.push((chunk, used_by)),
+            Problem::MissingChunk { chunk, used_by } => todo.push((chunk, used_by)),
+            Problem::DamagedPack { pack, chunks, .. } => {
+                fix.damaged_packs.insert(*pack);
+                for c in chunks {
+                    // Garbage, unless an unreadable manifest uses it.
+                    if c.used_by.is_empty() && every_manifest_read {
+                        fix.dropped.push(parse(&c.chunk)?);
+                        out.dropped.push(c.chunk.clone());
+                    } else {
+                        todo.push((&c.chunk, &c.used_by));
+                    }
+                }
+            }
+            Problem::UnreadableRecords { column_family, .. } if column_family == CF_REFS => {
+                fix.damaged_refs = true;
+            }
+            Problem::RefcountMismatch {
+                chunk,
+                recorded,
+                actual,
+            } => {
+                fix.refcounts.push((parse(chunk)?, *actual));
+                out.refcounts_fixed
+                    .push((chunk.clone(), *recorded, *actual));
+            }
+            _ => {}
+        }
+    }
     // Each VMI file is hashed at most once.
     let mut matches: HashMap<String, std::result::Result<Manifest, String>> = HashMap::new();
-    for problem in &report.problems {
-        let (chunk, used_by) = match problem {
-            Problem::CorruptChunk { chunk, used_by, .. } => (chunk, used_by),
-            Problem::MissingChunk { chunk, used_by } => (chunk, used_by),
-            _ => continue,
-        };
-        let id: ChunkId = chunk
-            .parse()
-            .map_err(|e: String| Error::CorruptStore(format!("chunk name {e}")))?;
+    for (chunk, used_by) in todo {
+        let id = parse(chunk)?;
         let mut whys = Vec::new();
         let mut done = false;
         for vmi in used_by {
@@ -54,7 +125,10 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             };
             match rebuilt {
                 Ok(raw) => {
-                    rebuilt_chunks.push((id, raw, used_by.len() as u64));
+                    // Its refcount is the truth: the VMIs that use it.
+                    let refs = used_by.len() as u64;
+                    fix.rebuilt
+                        .push((id, raw, every_manifest_read.then_some(refs)));
                     out.repaired.push((chunk.clone(), vmi.clone()));
                     done = true;
                     break;
@@ -69,8 +143,14 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             out.unrepaired.push((chunk.clone(), whys.join("; ")));
         }
     }
-    rewrite(store, &rebuilt_chunks)?;
+    rewrite(store, &fix)?;
     Ok(out)
+}
+
+fn parse(chunk: &str) -> Result<ChunkId> {
+    chunk
+        .parse()
+        .map_err(|e: String| Error::CorruptStore(format!("chunk name {e}")))
 }
 
 /// The VMI's manifest, if its file under `images` is the one recorded.
@@ -127,36 +207,126 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
     Ok(raw)
 }
 
-/// Stores the rebuilt chunks in new packs, keeping their refcounts (or
-/// setting one to the number of VMIs that use it when its refs record is
-/// gone too), and deletes each pack they leave empty, in one synced batch:
-/// a repair killed part way leaves the store as it was, or repaired.
-fn rewrite(store: &Store, rebuilt: &[(ChunkId, Vec<u8>, u64)]) -> Result<()> {
-    if rebuilt.is_empty() {
+/// Stores the rebuilt chunks in new packs with their true refcounts,
+/// writes the corrected refcounts and the records of relocated chunks,
+/// deletes the refs records of dropped chunks, and deletes each pack this
+/// leaves empty, in one synced batch: a repair killed part way leaves the
+/// store as it was, or repaired. Damaged table files are dropped after it
+/// (killed before, the next repair finds them again).
+fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
+    if fix.rebuilt.is_empty()
+        && fix.dropped.is_empty()
+        && fix.refcounts.is_empty()
+        && fix.relocated.is_empty()
+        && !fix.damaged_refs
+    {
         return Ok(());
     }
     let _guard = store.write_lock();
+    let scan = store.readable_chunk_infos()?;
+    // With refs records unreadable, a pack that looks empty may still hold
+    // chunks only they locate: then only damaged packs are deleted.
+    let every_ref_read = scan.gap.is_none();
+    let mut infos: HashMap<ChunkId, ChunkInfo> = scan.infos.into_iter().collect();
+    let mut batch = WriteBatch::default();
+    // A damaged block of `refs` fails every scan and compaction until its
+    // table file is gone: write back what can be read of the file's range
+    // (in-use records read alone too, as verify does), then drop the file.
+    let tables = match &scan.gap {
+        Some(gap) => store.tables_holding(gap)?.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if !tables.is_empty() {
+        for (_, manifest) in store.readable_manifests()?.0 {
+            let Ok(manifest) = manifest else { continue };
+            for id in manifest.distinct_chunks().into_iter().map(|c| c.id) {
+                if let Entry::Vacant(slot) = infos.entry(id) {
+                    if let Readable::Found(info) = store.chunk_info_of(&id)? {
+                        slot.insert(info);
+                    }
+                }
+            }
+        }
+    }
+    for range in &tables {
+        store.delete_keys(&mut batch, CF_REFS, range)?;
+        for (id, info) in &infos {
+            if (&range.0[..]..=&range.1[..]).contains(&&id.as_bytes()[..]) {
+                batch.put_cf(store.cf(CF_REFS)?, id.as_bytes(), info.encode());
+            }
+        }
+    }
     // How many chunks live in each pack, less those that move out.
-    let infos: HashMap<ChunkId, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
     let mut remaining: HashMap<u64, u64> = HashMap::new();
     for info in infos.values() {
         *remaining.entry(info.pack).or_default() += 1;
     }
-    let mut chunks = Vec::with_capacity(rebuilt.len());
-    for (id, raw, users) in rebuilt {
-        let info = infos.get(id);
-        if let Some(count) = info.and_then(|i| remaining.get_mut(&i.pack)) {
-            *count -= 1;
+    let mut move_out = |id: &ChunkId| {
+        if let Some(count) = infos.get(id).and_then(|i| remaining.get_mut(&i.pack)) {
+            *count = count.saturating_sub(1);
         }
-        chunks.push((*id, &raw[..], info.map_or(*users, |i| i.refs)));
+    };
+    let (packs_cf, refs_cf) = (store.cf(CF_PACKS)?, store.cf(CF_REFS)?);
+    for (id, refs) in &fix.refcounts {
+        if let Some(info) = infos.get(id) {
+            let info = ChunkInfo {
+                refs: *refs,
+                ..*info
+            };
+            batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+        }
+    }
+    for id in &fix.dropped {
+        move_out(id);
+        batch.delete_cf(refs_cf, id.as_bytes());
+    }
+    let mut chunks = Vec::with_capacity(fix.rebuilt.len());
+    for (id, raw, refs) in &fix.rebuilt {
+        move_out(id);
+        let recorded = infos.get(id).map(|i| i.refs);
+        // Unknown either way (a manifest and its refs record unreadable):
+        // 1 keeps it from gc until the manifests read again.
+        let refs = refs.or(recorded).unwrap_or(1);
+        chunks.push((*id, &raw[..], refs));
+    }
+    for (id, place, refs) in &fix.relocated {
+        if let Some(info) = store.locate(place.pack, place.offset, *refs)? {
+            batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+            *remaining.entry(place.pack).or_default() += 1;
+        }
     }
     let packs = store.build_packs(&chunks);
-    let mut batch = WriteBatch::default();
     store.put_packs(&mut batch, &packs)?;
+    let mut deleted = HashSet::new();
     for (pack, count) in remaining {
-        if count == 0 {
-            batch.delete_cf(store.cf(CF_PACKS)?, pack_key(pack));
+        if count == 0 && (every_ref_read || fix.damaged_packs.contains(&pack)) {
+            batch.delete_cf(packs_cf, pack_key(pack));
+            deleted.insert(pack);
         }
     }
-    store.write(batch)
+    store.write(batch)?;
+    for range in &tables {
+        store.drop_tables(CF_REFS, range)?;
+    }
+    // With every damaged pack deleted, a scan of their table files' ranges
+    // fails only on a damaged block of a table (a deleted key's blob is not
+    // read): then that file goes too, or every compaction would fail on it.
+    let (Some(&low), Some(&high)) = (
+        fix.damaged_packs.iter().min(),
+        fix.damaged_packs.iter().max(),
+    ) else {
+        return Ok(());
+    };
+    if fix.damaged_packs.is_subset(&deleted) {
+        let packs = Gap {
+            column_family: CF_PACKS.into(),
+            after: low.checked_sub(1).map(|id| pack_key(id).to_vec()),
+            before: Some(pack_key(high.saturating_add(1)).to_vec()),
+            why: String::new(),
+        };
+        for range in store.tables_holding(&packs)?.unwrap_or_default() {
+            store.rewrite_unreadable_range(CF_PACKS, &range)?;
+        }
+    }
+    Ok(())
 }

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions,
-    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ErrorKind,
+    FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +119,86 @@ pub(crate) struct NewPack {
     pub id: u64,
     pub value: Vec<u8>,
     pub chunks: Vec<(ChunkId, ChunkInfo)>,
+}
+
+/// Records of one column family that RocksDB could not read (a damaged
+/// SST block): every key after `after` and before `before` (`None`: from
+/// the first, to the last).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Gap {
+    pub column_family: String,
+    pub after: Option<Vec<u8>>,
+    pub before: Option<Vec<u8>>,
+    pub why: String,
+}
+
+impl Gap {
+    fn into_error(self) -> Error {
+        Error::CorruptStore(format!(
+            "records of {} are unreadable ({}); run `yolo-store verify`",
+            self.column_family, self.why
+        ))
+    }
+}
+
+/// A table file's first and last keys.
+pub(crate) type KeyRange = (Vec<u8>, Vec<u8>);
+
+/// Manifests with their VMI names; one that does not decode is an error in
+/// place.
+pub(crate) type NamedManifests = Vec<(String, Result<Manifest>)>;
+
+/// What [`Store::readable_chunk_infos`] found.
+pub(crate) struct RefsScan {
+    pub infos: Vec<(ChunkId, ChunkInfo)>,
+    /// Records that do not decode: (key in hex, why).
+    pub bad: Vec<(String, String)>,
+    pub gap: Option<Gap>,
+}
+
+/// One record read alone.
+pub(crate) enum Readable<T> {
+    Found(T),
+    Absent,
+    /// RocksDB found it damaged (a checksum mismatch in its blob file or
+    /// SST block), the disk could not read it, or it does not decode.
+    Damaged(String),
+}
+
+/// Whether a RocksDB error is about the record read (damaged on disk, or
+/// the disk failed to read it) rather than about the database as a whole.
+fn damaged(e: &rocksdb::Error) -> bool {
+    matches!(e.kind(), ErrorKind::Corruption | ErrorKind::IOError)
+}
+
+/// Each chunk's share of its pack's `stored` bytes, in proportion to its
+/// raw length, so that sums of `stored_len` (stats, gc plans) add up to the
+/// packs' sizes.
+fn shares(stored: u64, raw_lens: &[u64]) -> Vec<u32> {
+    let raw_total: u64 = raw_lens.iter().sum();
+    let mut shares = Vec::with_capacity(raw_lens.len());
+    let (mut given, mut raw_so_far) = (0u64, 0u64);
+    for len in raw_lens {
+        raw_so_far += len;
+        let upto = (stored * raw_so_far).checked_div(raw_total).unwrap_or(0);
+        shares.push((upto - given) as u32);
+        given = upto;
+    }
+    if let Some(last) = shares.last_mut() {
+        *last += (stored - given) as u32;
+    }
+    shares
+}
+
+/// The first key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) fn pack_key(id: u64) -> [u8; 8] {
@@ -342,24 +422,9 @@ impl Store {
                 let run = &chunks[run];
                 let input: Vec<&[u8]> = run.iter().map(|(_, raw, _)| *raw).collect();
                 let (value, offsets) = encode_pack(&input, level);
-                let raw_total: u64 = run.iter().map(|(_, raw, _)| raw.len() as u64).sum();
                 let id = first + i as u64;
-                // Each chunk's share of the stored bytes, so sums of
-                // `stored_len` (stats, gc plans) add up to the packs' sizes.
-                let mut shares = Vec::with_capacity(run.len());
-                let mut given = 0u64;
-                let mut raw_so_far = 0u64;
-                for (_, raw, _) in run {
-                    raw_so_far += raw.len() as u64;
-                    let upto = (value.len() as u64 * raw_so_far)
-                        .checked_div(raw_total)
-                        .unwrap_or(0);
-                    shares.push((upto - given) as u32);
-                    given = upto;
-                }
-                if let Some(last) = shares.last_mut() {
-                    *last += (value.len() as u64 - given) as u32;
-                }
+                let lens: Vec<u64> = run.iter().map(|(_, raw, _)| raw.len() as u64).collect();
+                let shares = shares(value.len() as u64, &lens);
                 let chunks = run
                     .iter()
                     .zip(offsets)
@@ -449,20 +514,27 @@ impl Store {
     }
 
     /// Every manifest, with its name; a manifest that does not decode is
-    /// returned as an error in place so `verify` can name it.
+    /// returned as an error in place so `verify` can name it. Records that
+    /// RocksDB cannot read are an error: see [`Store::readable_manifests`].
     pub fn manifests(&self) -> Result<Vec<(String, Result<Manifest>)>> {
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_MANIFESTS)?, IteratorMode::Start)
-        {
-            let (key, value) = item?;
-            out.push((
-                String::from_utf8_lossy(&key).into_owned(),
-                Manifest::decode(&value),
-            ));
+        let (manifests, gap) = self.readable_manifests()?;
+        match gap {
+            Some(gap) => Err(gap.into_error()),
+            None => Ok(manifests),
         }
-        Ok(out)
+    }
+
+    /// Every manifest RocksDB can read, and the range of names it could
+    /// not read (a damaged SST block), if any.
+    pub(crate) fn readable_manifests(&self) -> Result<(NamedManifests, Option<Gap>)> {
+        let mut out = Vec::new();
+        let gap = self.scan(CF_MANIFESTS, |key, value| {
+            out.push((
+                String::from_utf8_lossy(key).into_owned(),
+                Manifest::decode(value),
+            ))
+        })?;
+        Ok((out, gap))
     }
 
     pub fn chunk_info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>> {
@@ -472,16 +544,112 @@ impl Store {
             .transpose()
     }
 
-    /// Every `refs` record.
+    /// Every `refs` record. Records that RocksDB cannot read, or that do
+    /// not decode, are an error: see [`Store::readable_chunk_infos`].
     pub fn chunk_infos(&self) -> Result<Vec<(ChunkId, ChunkInfo)>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_REFS)?, IteratorMode::Start) {
-            let (key, value) = item?;
-            let id = ChunkId::from_slice(&key)
-                .ok_or_else(|| Error::CorruptStore(format!("refs key of {} bytes", key.len())))?;
-            out.push((id, ChunkInfo::decode(&value)?));
+        let scan = self.readable_chunk_infos()?;
+        if let Some(gap) = scan.gap {
+            return Err(gap.into_error());
         }
-        Ok(out)
+        if let Some((key, why)) = scan.bad.into_iter().next() {
+            return Err(Error::CorruptStore(format!("refs record {key}: {why}")));
+        }
+        Ok(scan.infos)
+    }
+
+    /// Every `refs` record RocksDB can read; those that do not decode and
+    /// the range it could not read are returned beside them (`verify`
+    /// names them, `repair` works around them).
+    pub(crate) fn readable_chunk_infos(&self) -> Result<RefsScan> {
+        let (mut infos, mut bad) = (Vec::new(), Vec::new());
+        let gap = self.scan(CF_REFS, |key, value| {
+            let Some(id) = ChunkId::from_slice(key) else {
+                bad.push((hex(key), format!("a {}-byte key", key.len())));
+                return;
+            };
+            match ChunkInfo::decode(value) {
+                Ok(info) => infos.push((id, info)),
+                Err(e) => bad.push((id.to_hex(), e.to_string())),
+            }
+        })?;
+        Ok(RefsScan { infos, bad, gap })
+    }
+
+    /// Chunk `id`'s refs record, read alone: inside a range that
+    /// [`Store::readable_chunk_infos`] could not read, a newer version may
+    /// still be found (RocksDB stops at the newest).
+    pub(crate) fn chunk_info_of(&self, id: &ChunkId) -> Result<Readable<ChunkInfo>> {
+        match self.db.get_cf(self.cf(CF_REFS)?, id.as_bytes()) {
+            Ok(Some(v)) => Ok(match ChunkInfo::decode(&v) {
+                Ok(info) => Readable::Found(info),
+                Err(e) => Readable::Damaged(e.to_string()),
+            }),
+            Ok(None) => Ok(Readable::Absent),
+            Err(e) if damaged(&e) => Ok(Readable::Damaged(e.into_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads column family `cf` in key order, giving `each` every record
+    /// RocksDB can read. A damaged SST block stops an iterator for good,
+    /// so past one the rest is read backwards from the end, and the keys
+    /// in between are returned as the [`Gap`] nothing could read.
+    fn scan(&self, name: &str, each: impl FnMut(&[u8], &[u8])) -> Result<Option<Gap>> {
+        self.scan_range(name, None, each)
+    }
+
+    /// [`Store::scan`], of the keys of `range` only (all if `None`).
+    fn scan_range(
+        &self,
+        name: &str,
+        range: Option<&KeyRange>,
+        mut each: impl FnMut(&[u8], &[u8]),
+    ) -> Result<Option<Gap>> {
+        let cf = self.cf(name)?;
+        let bounded = || {
+            let mut opts = ReadOptions::default();
+            if let Some((first, last)) = range {
+                opts.set_iterate_lower_bound(first.clone());
+                opts.set_iterate_upper_bound(successor(last));
+            }
+            opts
+        };
+        let mut forward = self.db.raw_iterator_cf_opt(cf, bounded());
+        forward.seek_to_first();
+        let mut after: Option<Vec<u8>> = None;
+        while let (Some(key), Some(value)) = (forward.key(), forward.value()) {
+            each(key, value);
+            after = Some(key.to_vec());
+            forward.next();
+        }
+        let why = match forward.status() {
+            Ok(()) => return Ok(None),
+            Err(e) if damaged(&e) => e.into_string(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut backward = self.db.raw_iterator_cf_opt(cf, bounded());
+        backward.seek_to_last();
+        let mut before: Option<Vec<u8>> = None;
+        while let (Some(key), Some(value)) = (backward.key(), backward.value()) {
+            if after.as_deref().is_some_and(|after| key <= after) {
+                // Read back to where the forward pass stopped without
+                // meeting the damage again: nothing is missing.
+                return Ok(None);
+            }
+            each(key, value);
+            before = Some(key.to_vec());
+            backward.prev();
+        }
+        match backward.status() {
+            Ok(()) => Ok(None),
+            Err(e) if damaged(&e) => Ok(Some(Gap {
+                column_family: name.to_string(),
+                after,
+                before,
+                why,
+            })),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A chunk's raw bytes, checked against its id.
@@ -522,13 +690,160 @@ impl Store {
     /// MultiGet: it sorts the blob reads by file and offset, which a loop
     /// of gets cannot.
     pub(crate) fn read_encoded_packs(&self, ids: &[u64]) -> Result<Vec<Option<Vec<u8>>>> {
-        let cf = self.cf(CF_PACKS)?;
-        let keys: Vec<[u8; 8]> = ids.iter().map(|id| pack_key(*id)).collect();
-        self.db
-            .batched_multi_get_cf(cf, keys.iter(), false)
+        self.multi_get_packs(ids)?
             .into_iter()
             .map(|value| Ok(value?.map(|v| v.to_vec())))
             .collect()
+    }
+
+    /// Like [`Store::read_encoded_packs`], but a pack RocksDB finds damaged
+    /// is returned as such, in place, and the others are still read.
+    pub(crate) fn read_packs_each(&self, ids: &[u64]) -> Result<Vec<Readable<Vec<u8>>>> {
+        self.multi_get_packs(ids)?
+            .into_iter()
+            .map(|value| match value {
+                Ok(Some(v)) => Ok(Readable::Found(v.to_vec())),
+                Ok(None) => Ok(Readable::Absent),
+                Err(e) if damaged(&e) => Ok(Readable::Damaged(e.into_string())),
+                Err(e) => Err(e.into()),
+            })
+            .collect()
+    }
+
+    fn multi_get_packs(
+        &self,
+        ids: &[u64],
+    ) -> Result<Vec<std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error>>>
+    {
+        let cf = self.cf(CF_PACKS)?;
+        let keys: Vec<[u8; 8]> = ids.iter().map(|id| pack_key(*id)).collect();
+        Ok(self.db.batched_multi_get_cf(cf, keys.iter(), false))
+    }
+
+    /// The refs record, with refcount `refs`, of the chunk that starts at
+    /// raw `offset` of pack `pack`: for a chunk whose own record is lost
+    /// but whose bytes `verify` found intact there. `None` if the pack no
+    /// longer reads or has no chunk there.
+    pub(crate) fn locate(&self, pack: u64, offset: u32, refs: u64) -> Result<Option<ChunkInfo>> {
+        let Some(value) = self.read_encoded_packs(&[pack])?.pop().flatten() else {
+            return Ok(None);
+        };
+        let Ok(decoded) = decode_pack(&value, self.config.chunking.max_len()) else {
+            return Ok(None);
+        };
+        let lens: Vec<u64> = decoded.chunks().map(|c| c.len() as u64).collect();
+        let mut at = 0u64;
+        for (len, share) in lens.iter().zip(shares(value.len() as u64, &lens)) {
+            if at == u64::from(offset) {
+                return Ok(Some(ChunkInfo {
+                    refs,
+                    raw_len: *len as u32,
+                    stored_len: share,
+                    pack,
+                    offset,
+                }));
+            }
+            at += len;
+        }
+        Ok(None)
+    }
+
+    /// Every pack id ever given out is below this.
+    pub(crate) fn pack_ids_end(&self) -> u64 {
+        self.next_pack.load(Ordering::Relaxed)
+    }
+
+    /// The key ranges (first, last) of the table files of the gap's column
+    /// family that may hold keys in it, for [`Store::drop_tables`]; `None`
+    /// if one is in level 0, where RocksDB cannot drop a file alone.
+    pub(crate) fn tables_holding(&self, gap: &Gap) -> Result<Option<Vec<KeyRange>>> {
+        let mut out = Vec::new();
+        for file in self.db.live_files()? {
+            let (Some(first), Some(last)) = (file.start_key, file.end_key) else {
+                continue;
+            };
+            let overlaps = gap.after.as_ref().is_none_or(|after| last > *after)
+                && gap.before.as_ref().is_none_or(|before| first < *before);
+            if file.column_family_name != gap.column_family || !overlaps {
+                continue;
+            }
+            if file.level == 0 {
+                return Ok(None);
+            }
+            out.push((first, last));
+        }
+        Ok(Some(out))
+    }
+
+    /// Adds to `batch` the deletion of every key of `cf` from `first` to
+    /// `last`, both included.
+    pub(crate) fn delete_keys(
+        &self,
+        batch: &mut WriteBatch,
+        cf: &str,
+        (first, last): &KeyRange,
+    ) -> Result<()> {
+        // The end of a range deletion is exclusive: the key right after.
+        batch.delete_range_cf(self.cf(cf)?, first, &successor(last));
+        Ok(())
+    }
+
+    /// If some records of `cf` in `range` do not read (a damaged block of a
+    /// table file: a damaged blob whose key is deleted is not read), writes
+    /// back every one that does over a deletion of the range, in one synced
+    /// batch, then drops the table files inside the range. True if it did.
+    pub(crate) fn rewrite_unreadable_range(&self, cf: &str, range: &KeyRange) -> Result<bool> {
+        let mut batch = WriteBatch::default();
+        self.delete_keys(&mut batch, cf, range)?;
+        let handle = self.cf(cf)?;
+        let gap = self.scan_range(cf, Some(range), |key, value| {
+            batch.put_cf(handle, key, value);
+        })?;
+        if gap.is_none() {
+            return Ok(false);
+        }
+        self.write(batch)?;
+        self.drop_tables(cf, range)?;
+        Ok(true)
+    }
+
+    /// Drops the table files of `cf` whose keys all lie from `first` to
+    /// `last`, so a damaged block in one stops failing every scan and
+    /// compaction. The caller has first written back, over a deletion of
+    /// the range, every record of the range that could still be read.
+    pub(crate) fn drop_tables(&self, cf: &str, (first, last): &KeyRange) -> Result<()> {
+        self.db.delete_file_in_range_cf(self.cf(cf)?, first, last)?;
+        Ok(())
+    }
+
+    /// Testing only: overwrites chunk `id`'s refcount, to plant the
+    /// disagreement with the manifests that `gc` must refuse and
+    /// `verify --repair` must mend.
+    #[doc(hidden)]
+    pub fn set_refcount(&self, id: &ChunkId, refs: u64) -> Result<()> {
+        let info = self
+            .chunk_info(id)?
+            .ok_or(Error::MissingChunk { id: *id })?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_REFS)?,
+            id.as_bytes(),
+            ChunkInfo { refs, ..info }.encode(),
+        );
+        self.write(batch)
+    }
+
+    /// Testing only: the table files (SSTs) of column family `cf`, to plant
+    /// damage in them.
+    #[doc(hidden)]
+    pub fn table_files(&self, cf: &str) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .db
+            .live_files()?
+            .into_iter()
+            .filter(|f| f.column_family_name == cf)
+            .map(|f| self.path.join(f.name.trim_start_matches('/')))
+            .collect())
     }
 
     /// Testing only: inverts chunk `id`'s bytes inside its pack, bypassing

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use rayon::prelude::*;
-use rocksdb::IteratorMode;
 use serde::Serialize;
 
 use crate::id::ChunkId;
+use crate::manifest::Manifest;
 use crate::pack::decode_pack;
-use crate::store::{ChunkInfo, Store, CF_PACKS};
+use crate::store::{hex, ChunkInfo, Gap, Readable, Store, CF_REFS};
 use crate::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,15 +22,43 @@ pub enum Problem {
         why: String,
         used_by: Vec<String>,
     },
+    /// A chunk in use whose refs record RocksDB cannot read, and where
+    /// verify found its bytes intact, if anywhere.
+    LostRecord {
+        chunk: String,
+        why: String,
+        used_by: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        intact_in: Option<Place>,
+    },
     /// A manifest references a chunk the store does not have.
     MissingChunk {
         chunk: String,
         used_by: Vec<String>,
     },
+    /// A pack that RocksDB cannot read (a checksum mismatch in its blob
+    /// file or SST block) or that does not decode, with every chunk that
+    /// its refs records place in it and the VMIs that use each.
+    DamagedPack {
+        pack: u64,
+        why: String,
+        chunks: Vec<DamagedChunk>,
+    },
     /// A pack none of whose chunks has a refs record: space nothing can
     /// reach or collect.
     UntrackedPack {
         pack: u64,
+    },
+    /// Records RocksDB could not read (a damaged SST block): every key of
+    /// the column family after `after` and before `before` (absent: from
+    /// the first, to the last).
+    UnreadableRecords {
+        column_family: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        why: String,
     },
     RefcountMismatch {
         chunk: String,
@@ -45,10 +73,25 @@ pub enum Problem {
         vmi: String,
         why: String,
     },
-    BadKey {
+    /// A record that does not decode.
+    BadRecord {
         column_family: String,
-        key_len: usize,
+        key: String,
+        why: String,
     },
+}
+
+/// Where a chunk's bytes are: its pack and raw offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Place {
+    pub pack: u64,
+    pub offset: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DamagedChunk {
+    pub chunk: String,
+    pub used_by: Vec<String>,
 }
 
 impl fmt::Display for Problem {
@@ -65,9 +108,55 @@ impl fmt::Display for Problem {
                     list(used_by)
                 )
             }
+            Problem::LostRecord {
+                chunk,
+                why,
+                used_by,
+                intact_in,
+            } => write!(
+                f,
+                "chunk {chunk}: its refs record is unreadable ({why}); {}, used by: {}",
+                intact_in.map_or("no intact copy in any pack".to_string(), |p| format!(
+                    "an intact copy is in pack {} at offset {}",
+                    p.pack, p.offset
+                )),
+                list(used_by)
+            ),
             Problem::MissingChunk { chunk, used_by } => {
                 write!(f, "missing chunk {chunk}, used by: {}", list(used_by))
             }
+            Problem::DamagedPack { pack, why, chunks } => {
+                let mut vmis: Vec<&String> = chunks.iter().flat_map(|c| &c.used_by).collect();
+                vmis.sort();
+                vmis.dedup();
+                let vmis: Vec<String> = vmis.into_iter().cloned().collect();
+                write!(
+                    f,
+                    "pack {pack} is damaged ({why}): it holds {} chunk(s), used by: {}",
+                    chunks.len(),
+                    list(&vmis)
+                )
+            }
+            Problem::UnreadableRecords {
+                column_family,
+                after,
+                before,
+                why,
+            } => match (after, before) {
+                (None, None) => write!(f, "no record of {column_family} can be read ({why})"),
+                (Some(a), None) => write!(
+                    f,
+                    "the records of {column_family} after {a} are unreadable ({why})"
+                ),
+                (None, Some(b)) => write!(
+                    f,
+                    "the records of {column_family} before {b} are unreadable ({why})"
+                ),
+                (Some(a), Some(b)) => write!(
+                    f,
+                    "the records of {column_family} after {a} and before {b} are unreadable ({why})"
+                ),
+            },
             Problem::UntrackedPack { pack } => {
                 write!(f, "pack {pack} holds no chunk that has a refs record")
             }
@@ -83,12 +172,11 @@ impl fmt::Display for Problem {
             Problem::BadManifest { vmi, why } => {
                 write!(f, "manifest of {vmi:?} is unreadable: {why}")
             }
-            Problem::BadKey {
+            Problem::BadRecord {
                 column_family,
-                key_len,
-            } => {
-                write!(f, "a {key_len}-byte key in column family {column_family}")
-            }
+                key,
+                why,
+            } => write!(f, "record {key} of {column_family} does not decode: {why}"),
         }
     }
 }
@@ -115,58 +203,113 @@ impl VerifyReport {
     }
 }
 
-pub fn verify(store: &Store) -> Result<VerifyReport> {
-    let mut report = VerifyReport::default();
-    // Which VMIs use each chunk, and the length each manifest expects.
+/// Which VMIs use each chunk, each manifest counted once per chunk: the
+/// length of a chunk's list is the refcount its refs record must hold.
+pub(crate) fn chunk_users<'a>(
+    manifests: impl IntoIterator<Item = (&'a str, &'a Manifest)>,
+) -> BTreeMap<ChunkId, Vec<String>> {
     let mut users: BTreeMap<ChunkId, Vec<String>> = BTreeMap::new();
-    let mut expected_len: HashMap<ChunkId, u32> = HashMap::new();
-    for (name, manifest) in store.manifests()? {
-        report.manifests += 1;
-        match manifest {
-            Ok(m) => {
-                let mut seen = HashSet::new();
-                for c in &m.chunks {
-                    expected_len.insert(c.id, c.len);
-                    if seen.insert(c.id) {
-                        users.entry(c.id).or_default().push(name.clone());
-                    }
-                }
-            }
-            Err(e) => report.problems.push(Problem::BadManifest {
-                vmi: name,
-                why: e.to_string(),
-            }),
+    for (name, manifest) in manifests {
+        for id in manifest.distinct_chunks().into_iter().map(|c| c.id) {
+            users.entry(id).or_default().push(name.to_string());
         }
     }
+    users
+}
+
+/// Packs read and checked per window: bounds the memory verify needs.
+const PACKS_PER_WINDOW: u64 = 64;
+
+pub fn verify(store: &Store) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let (manifests, gap) = store.readable_manifests()?;
+    // Refcounts are checked only against every manifest: counted against
+    // some, they would all look too high.
+    let mut every_manifest_read = gap.is_none();
+    if let Some(gap) = gap {
+        report.problems.push(unreadable(gap, |key| {
+            String::from_utf8_lossy(key).into_owned()
+        }));
+    }
+    let mut good = Vec::new();
+    for (name, manifest) in manifests {
+        report.manifests += 1;
+        match manifest {
+            Ok(m) => good.push((name, m)),
+            Err(e) => {
+                every_manifest_read = false;
+                report.problems.push(Problem::BadManifest {
+                    vmi: name,
+                    why: e.to_string(),
+                })
+            }
+        }
+    }
+    // Which VMIs use each chunk, and the length each manifest expects.
+    let users = chunk_users(good.iter().map(|(name, m)| (name.as_str(), m)));
+    let expected_len: HashMap<ChunkId, u32> = good
+        .iter()
+        .flat_map(|(_, m)| m.chunks.iter().map(|c| (c.id, c.len)))
+        .collect();
+    drop(good);
     let used_by = |id: &ChunkId| users.get(id).cloned().unwrap_or_default();
 
-    let infos: HashMap<ChunkId, ChunkInfo> = store.chunk_infos()?.into_iter().collect();
-    // Every pack is decoded and every chunk in it re-hashed, on every core.
+    let scan = store.readable_chunk_infos()?;
+    let mut infos: HashMap<ChunkId, ChunkInfo> = scan.infos.into_iter().collect();
+    for (key, why) in scan.bad {
+        report.problems.push(Problem::BadRecord {
+            column_family: CF_REFS.into(),
+            key,
+            why,
+        });
+    }
+    // Chunks in use whose refs records could not be read in order: read
+    // alone, a newer version of the record may still be found.
+    let mut unreadable_refs: BTreeMap<ChunkId, String> = BTreeMap::new();
+    if let Some(gap) = scan.gap {
+        report.problems.push(unreadable(gap, hex));
+        for id in users.keys() {
+            if infos.contains_key(id) {
+                continue;
+            }
+            match store.chunk_info_of(id)? {
+                Readable::Found(info) => {
+                    infos.insert(*id, info);
+                }
+                Readable::Absent => {}
+                Readable::Damaged(why) => {
+                    unreadable_refs.insert(*id, why);
+                }
+            }
+        }
+    }
+
+    // Every pack id ever given is read alone (a damaged one fails only its
+    // own read), decoded, and every chunk in it re-hashed, on every core.
     let mut packs = PackCheck {
         max_chunk: store.config().chunking.max_len(),
         ..PackCheck::default()
     };
-    let mut window: Vec<(u64, Box<[u8]>)> = Vec::new();
-    for item in store
-        .db()
-        .iterator_cf(store.cf(CF_PACKS)?, IteratorMode::Start)
-    {
-        let (key, value) = item?;
-        let Ok(key) = <[u8; 8]>::try_from(&key[..]) else {
-            report.problems.push(Problem::BadKey {
-                column_family: CF_PACKS.into(),
-                key_len: key.len(),
-            });
-            continue;
-        };
-        window.push((u64::from_be_bytes(key), value));
-        if window.len() >= 64 {
-            packs.check(&mut window, &mut report);
+    let end = store.pack_ids_end();
+    let mut from = 0;
+    while from < end {
+        let ids: Vec<u64> = (from..end.min(from + PACKS_PER_WINDOW)).collect();
+        let mut window = Vec::new();
+        for (id, value) in ids.iter().zip(store.read_packs_each(&ids)?) {
+            match value {
+                Readable::Found(value) => window.push((*id, value)),
+                Readable::Absent => {}
+                Readable::Damaged(why) => {
+                    packs.bad.insert(*id, why);
+                }
+            }
         }
+        packs.check(&window, &mut report);
+        from += PACKS_PER_WINDOW;
     }
-    packs.check(&mut window, &mut report);
 
     let mut pointed_at = HashSet::new();
+    let mut damaged: BTreeMap<u64, Vec<DamagedChunk>> = BTreeMap::new();
     for (id, info) in &infos {
         pointed_at.insert(info.pack);
         let actual = users.get(id).map_or(0, |u| u.len() as u64);
@@ -180,9 +323,10 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
                 chunk: id.to_hex(),
                 used_by: used_by(id),
             }),
-            Err(Found::BadPack(why)) => report
-                .problems
-                .push(corrupt(format!("pack {}: {why}", info.pack))),
+            Err(Found::BadPack) => damaged.entry(info.pack).or_default().push(DamagedChunk {
+                chunk: id.to_hex(),
+                used_by: used_by(id),
+            }),
             Err(Found::NotThere) => report.problems.push(corrupt(format!(
                 "pack {} has no such chunk at offset {}",
                 info.pack, info.offset
@@ -190,7 +334,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             Err(Found::BadChunk(why)) => report.problems.push(corrupt(why)),
             Ok(raw_len) => {
                 check_sizes(id, raw_len, info, expected_len.get(id), &mut report);
-                if info.refs != actual {
+                if info.refs != actual && every_manifest_read {
                     report.problems.push(Problem::RefcountMismatch {
                         chunk: id.to_hex(),
                         recorded: info.refs,
@@ -200,13 +344,37 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             }
         }
     }
+    for (pack, mut chunks) in damaged {
+        chunks.sort_by(|a, b| a.chunk.cmp(&b.chunk));
+        let why = packs.bad.get(&pack).cloned().unwrap_or_default();
+        report
+            .problems
+            .push(Problem::DamagedPack { pack, why, chunks });
+    }
     for pack in packs.ids() {
         if !pointed_at.contains(&pack) {
             report.problems.push(Problem::UntrackedPack { pack });
         }
     }
+    // Where the chunks whose records are lost still are, intact.
+    let mut intact: HashMap<ChunkId, Place> = HashMap::new();
+    if !unreadable_refs.is_empty() {
+        for (&(pack, offset), (id, _)) in &packs.chunks {
+            if unreadable_refs.contains_key(id) {
+                intact.entry(*id).or_insert(Place { pack, offset });
+            }
+        }
+    }
+    for (id, why) in &unreadable_refs {
+        report.problems.push(Problem::LostRecord {
+            chunk: id.to_hex(),
+            why: why.clone(),
+            used_by: used_by(id),
+            intact_in: intact.get(id).copied(),
+        });
+    }
     for (id, names) in &users {
-        if !infos.contains_key(id) {
+        if !infos.contains_key(id) && !unreadable_refs.contains_key(id) {
             report.problems.push(Problem::MissingChunk {
                 chunk: id.to_hex(),
                 used_by: names.clone(),
@@ -216,10 +384,19 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     Ok(report)
 }
 
+fn unreadable(gap: Gap, show: impl Fn(&[u8]) -> String) -> Problem {
+    Problem::UnreadableRecords {
+        column_family: gap.column_family,
+        after: gap.after.as_deref().map(&show),
+        before: gap.before.as_deref().map(&show),
+        why: gap.why,
+    }
+}
+
 /// What verify found in the `packs` column family.
 #[derive(Default)]
 struct PackCheck {
-    /// Packs that did not decode, and why.
+    /// Packs that RocksDB could not read or that did not decode, and why.
     bad: HashMap<u64, String>,
     /// Every chunk of the packs that decoded: (pack, offset) -> (the BLAKE3
     /// of its bytes, its length).
@@ -231,13 +408,13 @@ struct PackCheck {
 
 enum Found {
     NoPack,
-    BadPack(String),
+    BadPack,
     NotThere,
     BadChunk(String),
 }
 
 impl PackCheck {
-    fn check(&mut self, window: &mut Vec<(u64, Box<[u8]>)>, report: &mut VerifyReport) {
+    fn check(&mut self, window: &[(u64, Vec<u8>)], report: &mut VerifyReport) {
         let results: Vec<_> = window
             .par_iter()
             .map(|(pack_id, value)| {
@@ -265,13 +442,12 @@ impl PackCheck {
                 }
             }
         }
-        window.clear();
     }
 
     /// Chunk `id` where its refs record `info` places it.
     fn chunk(&self, id: &ChunkId, info: &ChunkInfo) -> std::result::Result<usize, Found> {
-        if let Some(why) = self.bad.get(&info.pack) {
-            return Err(Found::BadPack(why.clone()));
+        if self.bad.contains_key(&info.pack) {
+            return Err(Found::BadPack);
         }
         if !self.good.contains(&info.pack) {
             return Err(Found::NoPack);

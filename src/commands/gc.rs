@@ -12,6 +12,7 @@ pub struct Args {
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Print the plan and the result as JSON.
     #[arg(long)]
     json: bool,
     /// Collect a remote (s3://BUCKET[/PREFIX] or file:///DIR) instead of the
@@ -35,16 +36,20 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = open_for_writing(path)?;
     let plan = plan_gc(&store)?;
     if !args.json {
-        println!(
+        outln!(
             "gc plan: {} unreferenced chunks, {} raw, {} stored to free",
             plan.chunks.len(),
             human::bytes(plan.raw_bytes),
             human::bytes(plan.stored_bytes)
         );
     }
-    if args.dry_run {
+    // Nothing to collect: change nothing (a compaction for nothing would
+    // only write new files and grow the store).
+    if args.dry_run || plan.chunks.is_empty() {
         if args.json {
             print_json(&serde_json::json!({ "plan": plan }))?;
+        } else if !args.dry_run {
+            outln!("gc done: nothing to collect, store unchanged");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -52,7 +57,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&serde_json::json!({ "plan": plan, "report": report }))?;
     } else {
-        println!(
+        outln!(
             "gc done: deleted {} chunks ({}), store on disk {} -> {}{}",
             report.deleted_chunks,
             human::bytes(report.freed_stored_bytes),
@@ -84,7 +89,7 @@ fn run_remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
         return print_json(&report).map(|()| ExitCode::SUCCESS);
     }
     let plan = &report.plan;
-    println!(
+    outln!(
         "remote gc plan for {}: {} unreferenced chunks ({}) older than {} s to delete, \
          {} younger kept, {} referenced; {} superseded manifest(s)",
         remote.url(),
@@ -96,7 +101,7 @@ fn run_remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
         plan.manifests.len()
     );
     if !args.dry_run {
-        println!(
+        outln!(
             "remote gc done: deleted {} chunks ({}) and {} manifest(s)",
             report.deleted_chunks,
             human::bytes(report.deleted_bytes),

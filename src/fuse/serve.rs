@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use fuser::FopenFlags;
-use yolo_store_core::{FileIdentity, FileVersion, ImageServer, OpenImage, ServeStats};
+use yolo_store_core::{metadata_in, FileIdentity, FileVersion, ImageServer, OpenImage, ServeStats};
 
 use super::Backend;
 
@@ -60,7 +60,15 @@ impl Serve {
     /// has a boot image, so that opens by VMs find its identity known; with
     /// `preload`, then loads each boot image into the cache.
     pub fn verify_all(self: &Arc<Self>, preload: bool) -> yolo_store_core::Result<usize> {
-        let names = self.server.store().names()?;
+        // Only regular files are hashed (a FIFO would block the thread).
+        let images = self.server.images_dir();
+        let names: Vec<String> = self
+            .server
+            .store()
+            .names()?
+            .into_iter()
+            .filter(|name| metadata_in(images, name).is_ok_and(|m| m.is_file()))
+            .collect();
         let count = names.len();
         let serve = self.clone();
         std::thread::spawn(move || {

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
+use crate::capture::identity_of;
+use crate::files::{images_dir, open_file_in};
 use crate::id::{ChunkId, FileIdentity};
 use crate::import::chunk_infos_of;
 use crate::manifest::ManifestIndex;
@@ -128,7 +130,7 @@ pub struct ServeStats {
 
 impl ImageServer {
     pub fn new(store: Arc<Store>, images: &Path, cache_bytes: usize) -> Result<Self> {
-        let images = images.canonicalize().map_err(|e| Error::io(images, e))?;
+        let images = images_dir(images)?;
         Ok(ImageServer {
             store,
             images,
@@ -159,7 +161,7 @@ impl ImageServer {
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let version = FileVersion::of(&meta);
         let index = match self.store.manifest(name) {
-            Ok(manifest) => match self.known_identity(name, &path, version) {
+            Ok(manifest) => match self.known_identity(name, version) {
                 Some(identity)
                     if identity == manifest.identity && manifest.file_size == meta.len() =>
                 {
@@ -199,18 +201,16 @@ impl ImageServer {
     /// None: that open is served from the file. An open never waits for a
     /// whole VMI to be read, which would cost a cold boot more I/O than the
     /// boot image saves.
-    fn known_identity(
-        &self,
-        name: &str,
-        path: &Path,
-        version: FileVersion,
-    ) -> Option<FileIdentity> {
+    fn known_identity(&self, name: &str, version: FileVersion) -> Option<FileIdentity> {
         match self.claim_identity(name, version) {
             Some(known) => known,
             None => {
-                let (identities, name, path) =
-                    (self.identities.clone(), name.to_string(), path.to_owned());
-                std::thread::spawn(move || hash_identity(&identities, &name, &path, version));
+                let (identities, images, name) = (
+                    self.identities.clone(),
+                    self.images.clone(),
+                    name.to_string(),
+                );
+                std::thread::spawn(move || hash_identity(&identities, &images, &name, version));
                 None
             }
         }
@@ -224,7 +224,7 @@ impl ImageServer {
         match self.claim_identity(name, version) {
             Some(Some(_)) => Ok(()),
             // Not known, or being hashed by an open: hash it here and now.
-            _ => hash_identity(&self.identities, name, &path, version),
+            _ => hash_identity(&self.identities, &self.images, name, version),
         }
     }
 
@@ -256,14 +256,23 @@ impl ImageServer {
 
     /// Reads up to `size` bytes at `offset`: boot-image blocks from the
     /// cache, everything else from the file. Short only at end of file.
+    ///
+    /// The file's size is checked at every read (one `fstat`): a file
+    /// truncated or grown under an open descriptor no longer matches its
+    /// boot image, so it is then read from the file alone, up to its
+    /// current end.
     pub fn read(&self, image: &OpenImage, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
         let started = Instant::now();
-        let end = offset.saturating_add(size as u64).min(image.size);
+        let file_size = image.file.metadata()?.len();
+        let end = offset.saturating_add(size as u64).min(file_size);
         let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
         let mut from_file: Vec<Range<u64>> = Vec::new();
         match &image.index {
-            None => from_file.push(offset..end),
-            Some(index) => self.fill_from_store(image, index, offset, &mut buf, &mut from_file),
+            Some(index) if file_size == image.size => {
+                self.fill_from_store(image, index, offset, &mut buf, &mut from_file)
+            }
+            _ if buf.is_empty() => {}
+            _ => from_file.push(offset..end),
         }
         for range in &from_file {
             let dst = &mut buf[(range.start - offset) as usize..(range.end - offset) as usize];
@@ -491,11 +500,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// open tries again.
 fn hash_identity(
     identities: &Mutex<IdentityMap>,
+    images: &Path,
     name: &str,
-    path: &Path,
     version: FileVersion,
 ) -> Result<()> {
-    let result = FileIdentity::of_file(path);
+    let result = open_image_file(images, name).and_then(|(file, path)| {
+        let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+        if FileVersion::of(&meta) != version {
+            return Err(Error::Invalid(format!("{name} changed while being opened")));
+        }
+        identity_of(&file, &path)
+    });
     let mut identities = lock(identities);
     if identities.get(name).map(|(v, _)| *v) == Some(version) {
         match &result {
@@ -511,27 +526,13 @@ fn hash_identity(
 }
 
 /// Opens regular file `name` of the images directory `images` (canonical),
-/// refusing anything that resolves outside it: `..`, absolute paths, and
-/// symlinks anywhere on the path.
+/// refusing anything that resolves outside it (`..`, absolute paths,
+/// symlinks anywhere on the path) and anything but a regular file, without
+/// blocking on a FIFO.
 pub(crate) fn open_image_file(images: &Path, name: &str) -> Result<(File, PathBuf)> {
     validate_name(name)?;
-    let path = images.join(name);
-    let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
-    if real != path {
-        return Err(Error::Invalid(format!(
-            "{name} is or passes through a symlink; only plain files are served"
-        )));
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-    if !meta.is_file() {
-        return Err(Error::Invalid(format!("{name} is not a regular file")));
-    }
-    Ok((file, path))
+    let file = open_file_in(images, name)?;
+    Ok((file, images.join(name)))
 }
 
 #[cfg(test)]
@@ -614,6 +615,46 @@ mod tests {
         assert!(!image.has_boot_image());
         assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);
         assert_eq!(server.stats().identity_mismatches, 1);
+    }
+
+    #[test]
+    fn a_held_file_truncated_or_grown_is_read_to_its_current_end() {
+        let data = content(10 * 4096);
+        let (dir, server) = serve(&data, &[9, 0], 1 << 20);
+        let path = dir.path().join("images/vmi");
+        let image = server.open("vmi").unwrap();
+        assert!(image.has_boot_image());
+        // Truncated under the open file: the recorded last block is past
+        // the new end and must not come back from the store.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(9 * 4096)
+            .unwrap();
+        assert!(server.read(&image, 9 * 4096, 4096).unwrap().is_empty());
+        assert_eq!(server.read(&image, 0, 4096).unwrap(), &data[..4096]);
+        // Grown: the bytes past the old end are there at once.
+        let mut grown = data[..9 * 4096].to_vec();
+        grown.extend(content(3 * 4096).iter().map(|b| b ^ 0x5A));
+        std::fs::write(&path, &grown).unwrap();
+        assert_eq!(
+            server.read(&image, 8 * 4096, 4 * 4096).unwrap(),
+            &grown[8 * 4096..]
+        );
+    }
+
+    #[test]
+    fn a_fifo_with_a_vmi_name_is_refused_without_blocking() {
+        let data = content(4096);
+        let (dir, server) = serve(&data, &[0], 1 << 20);
+        let path = dir.path().join("images/vmi");
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(server.verify_identity("vmi").is_err());
+        assert!(server.open("vmi").is_err());
     }
 
     #[test]

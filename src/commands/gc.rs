@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use yolo_store_core::{execute_gc, plan_gc, remote_gc};
 
 use crate::commands::remote::RemoteArgs;
-use crate::commands::{open_for_writing, print_json};
+use crate::commands::{open_for_reading, open_for_writing, print_json};
 use crate::human;
 
 #[derive(clap::Args)]
@@ -33,8 +33,17 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.remote {
         return run_remote(url, &args);
     }
-    let store = open_for_writing(path)?;
-    let plan = plan_gc(&store)?;
+    // Plan on a read-only view first: a store with nothing to collect (or a
+    // dry run) is never opened for writing, which by itself adds files.
+    let mut plan = plan_gc(&open_for_reading(path)?)?;
+    let store = match args.dry_run || plan.chunks.is_empty() {
+        true => None,
+        false => {
+            let store = open_for_writing(path)?;
+            plan = plan_gc(&store)?;
+            Some(store)
+        }
+    };
     if !args.json {
         outln!(
             "gc plan: {} unreferenced chunks, {} raw, {} stored to free",
@@ -43,16 +52,14 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             human::bytes(plan.stored_bytes)
         );
     }
-    // Nothing to collect: change nothing (a compaction for nothing would
-    // only write new files and grow the store).
-    if args.dry_run || plan.chunks.is_empty() {
+    let Some(store) = store.filter(|_| !plan.chunks.is_empty()) else {
         if args.json {
             print_json(&serde_json::json!({ "plan": plan }))?;
         } else if !args.dry_run {
             outln!("gc done: nothing to collect, store unchanged");
         }
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let report = execute_gc(&store, &plan)?;
     if args.json {
         print_json(&serde_json::json!({ "plan": plan, "report": report }))?;

@@ -13,9 +13,10 @@ pub struct Args {
     mountpoint: PathBuf,
 }
 
-/// The filesystem type a yolo-store mount shows in /proc/self/mountinfo
-/// (FUSE, subtype `yolo`).
-const FSTYPE: &str = "fuse.yolo";
+/// What a yolo-store mount shows in /proc/self/mountinfo: FUSE (with our
+/// subtype where the mount helper keeps it) and our source name.
+const FSTYPES: [&str; 2] = ["fuse", "fuse.yolo"];
+const SOURCE: &str = "yolo-store";
 
 /// Prints the counters of a running mount, read from its virtual status
 /// file (JSON). Only a yolo-store mount's own file is read: the mountpoint
@@ -46,11 +47,11 @@ fn is_yolo_mount(dev: u64) -> anyhow::Result<bool> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
-    // Fields: id parent MAJOR:MINOR root point options [optional...] - FSTYPE source super
+    // Fields: id parent MAJOR:MINOR root point options [optional...] - FSTYPE SOURCE super
     Ok(mountinfo.lines().any(|line| {
-        let mut fields = line.split(' ');
-        let device = fields.nth(2);
-        let fstype = line.split(" - ").nth(1).and_then(|t| t.split(' ').next());
-        device == Some(wanted.as_str()) && fstype == Some(FSTYPE)
+        let device = line.split(' ').nth(2);
+        let mut tail = line.split(" - ").nth(1).unwrap_or("").split(' ');
+        let (fstype, source) = (tail.next().unwrap_or(""), tail.next());
+        device == Some(wanted.as_str()) && FSTYPES.contains(&fstype) && source == Some(SOURCE)
     }))
 }

@@ -8,6 +8,7 @@ use crate::human;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
     /// Rebuild corrupt or missing chunks from the VMI files under --images

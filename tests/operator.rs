@@ -314,8 +314,9 @@ fn capture_refuses_devices_and_block_size_zero_and_checks_the_trace_first() {
 fn broken_pipes_are_not_errors() {
     let env = Env::new();
     let (_, file, trace) = stored(&env);
-    let verbs: [&[&str]; 6] = [
+    let verbs: [&[&str]; 7] = [
         &["ls"],
+        &["verify"],
         &["ls", "--json"],
         &["stats"],
         &["stats", "--json"],

@@ -55,9 +55,9 @@ fn print_report(report: &VerifyReport, json: bool) -> anyhow::Result<()> {
         print_json(&report)?;
     } else {
         for problem in &report.problems {
-            println!("PROBLEM: {problem}");
+            outln!("PROBLEM: {problem}");
         }
-        println!(
+        outln!(
             "verified {} manifests and {} chunks ({} re-hashed): {}",
             report.manifests,
             report.chunks,

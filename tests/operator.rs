@@ -344,10 +344,25 @@ fn import_says_what_happened_once_and_clearly() {
     let stats = env.ok(&["stats"]);
     assert!(!stats.contains("0.00x"), "{stats}");
     // The error's text is not repeated.
+    let missing = env.path("missing.yolo");
+    let err = failed(
+        &env.run(&["import", s(&missing)]),
+        "import of a missing file",
+    );
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert_eq!(err.matches("missing.yolo").count(), 1, "{err}");
     let dir = env.path("adir");
     fs::create_dir(&dir).unwrap();
     let err = failed(&env.run(&["import", s(&dir)]), "import of a directory");
-    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    // A FIFO given by mistake is refused, not waited on.
+    let fifo = env.path("fifo.yolo");
+    mkfifo(&fifo);
+    let err = failed(
+        &bounded(cmd(&env).args(["import", s(&fifo)])),
+        "import of a FIFO",
+    );
+    assert!(err.contains("not a regular file"), "{err}");
     // Everything failed: an error, and no "imported 0 VMI(s)".
     let bad = env.path("bad.yolo");
     fs::write(&bad, b"garbage").unwrap();

@@ -142,6 +142,8 @@ fn import_one(
     bar: &ProgressBar,
     base: u64,
 ) -> anyhow::Result<(ImportReport, Vec<String>)> {
+    // A FIFO or device given by mistake is refused, not waited on.
+    yolo_store_core::open_regular(file)?;
     let image = BootImage::open(file)?;
     let names: Vec<String> = match name {
         Some(name) => vec![name.to_string()],

@@ -22,7 +22,7 @@ pub const DEFAULT_STORE: &str = "/var/lib/yolo-store";
 )]
 pub struct Cli {
     /// The store directory, for the verbs that use one (also accepted after
-    /// the verb).
+    /// the verb; default /var/lib/yolo-store).
     #[arg(long, env = "YOLO_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
 

@@ -15,6 +15,23 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// An error and its causes on one line, each cause left out when the text
+/// before it already says it (a library error that prints its source).
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 pub fn ratio(r: f64) -> String {
     if r.is_finite() {
         format!("{r:.2}x")
@@ -76,6 +93,19 @@ mod tests {
         assert_eq!(super::parse_size("2g"), Ok(2 << 30));
         assert!(super::parse_size("lots").is_err());
         assert!(super::parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn error_causes_are_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(21);
+        let err = anyhow::Error::new(yolo_store_core::Error::Io {
+            path: "vmi".into(),
+            source: io,
+        })
+        .context("importing vmi");
+        let text = super::error_text(&err);
+        assert_eq!(text.matches("Is a directory").count(), 1, "{text}");
+        assert!(text.starts_with("importing vmi: vmi: "), "{text}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("yolo-store: error: {err:#}");
+            eprintln!("yolo-store: error: {}", human::error_text(&err));
             ExitCode::FAILURE
         }
     }

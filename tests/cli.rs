@@ -105,9 +105,11 @@ fn rm_and_gc_free_space_and_leave_others_intact() {
     env.ok(&["export", "vmi2.qcow2", "-o", out.to_str().unwrap()]);
     assert_eq!(fs::read(&b).unwrap(), fs::read(&out).unwrap());
     env.ok(&["verify"]);
+    let gone = env.path("gone.yolo");
     assert!(env
-        .fails(&["export", "vmi1.qcow2", "-o", "/dev/null"])
+        .fails(&["export", "vmi1.qcow2", "-o", gone.to_str().unwrap()])
         .contains("no boot image named"));
+    assert!(!gone.exists());
 }
 
 #[test]

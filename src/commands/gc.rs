@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use yolo_store_core::{execute_gc, plan_gc, remote_gc};
 
 use crate::commands::remote::RemoteArgs;
-use crate::commands::{open_for_writing, print_json};
+use crate::commands::{open_for_reading, open_for_writing, print_json};
 use crate::human;
 
 #[derive(clap::Args)]
@@ -12,6 +12,7 @@ pub struct Args {
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Print the plan and the result as JSON.
     #[arg(long)]
     json: bool,
     /// Collect a remote (s3://BUCKET[/PREFIX] or file:///DIR) instead of the
@@ -32,27 +33,38 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.remote {
         return run_remote(url, &args);
     }
-    let store = open_for_writing(path)?;
-    let plan = plan_gc(&store)?;
+    // Plan on a read-only view first: a store with nothing to collect (or a
+    // dry run) is never opened for writing, which by itself adds files.
+    let mut plan = plan_gc(&open_for_reading(path)?)?;
+    let store = match args.dry_run || plan.chunks.is_empty() {
+        true => None,
+        false => {
+            let store = open_for_writing(path)?;
+            plan = plan_gc(&store)?;
+            Some(store)
+        }
+    };
     if !args.json {
-        println!(
+        outln!(
             "gc plan: {} unreferenced chunks, {} raw, {} stored to free",
             plan.chunks.len(),
             human::bytes(plan.raw_bytes),
             human::bytes(plan.stored_bytes)
         );
     }
-    if args.dry_run {
+    let Some(store) = store.filter(|_| !plan.chunks.is_empty()) else {
         if args.json {
             print_json(&serde_json::json!({ "plan": plan }))?;
+        } else if !args.dry_run {
+            outln!("gc done: nothing to collect, store unchanged");
         }
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let report = execute_gc(&store, &plan)?;
     if args.json {
         print_json(&serde_json::json!({ "plan": plan, "report": report }))?;
     } else {
-        println!(
+        outln!(
             "gc done: deleted {} chunks ({}), store on disk {} -> {}{}",
             report.deleted_chunks,
             human::bytes(report.freed_stored_bytes),
@@ -84,7 +96,7 @@ fn run_remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
         return print_json(&report).map(|()| ExitCode::SUCCESS);
     }
     let plan = &report.plan;
-    println!(
+    outln!(
         "remote gc plan for {}: {} unreferenced chunks ({}) older than {} s to delete, \
          {} younger kept, {} referenced; {} superseded manifest(s)",
         remote.url(),
@@ -96,7 +108,7 @@ fn run_remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
         plan.manifests.len()
     );
     if !args.dry_run {
-        println!(
+        outln!(
             "remote gc done: deleted {} chunks ({}) and {} manifest(s)",
             report.deleted_chunks,
             human::bytes(report.deleted_bytes),

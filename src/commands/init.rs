@@ -22,7 +22,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     };
     Store::open_or_create(path, Some(config.clone()))
         .with_context(|| format!("creating store {}", path.display()))?;
-    println!(
+    outln!(
         "store {} ready: chunking {}, zstd level {}",
         path.display(),
         config.chunking,

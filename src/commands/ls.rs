@@ -7,6 +7,7 @@ use crate::human;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -1,6 +1,16 @@
 //! One module per verb. Each has an `Args` (clap) and a `run` that calls
 //! the library and prints the result, as text or as JSON.
 
+/// `println!` that returns an error instead of panicking when standard
+/// output is closed (`yolo-store ls | head -1`): `main` treats a broken
+/// pipe as success.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 pub mod capture;
 pub mod export;
 pub mod extract;
@@ -29,21 +39,21 @@ use yolo_store_core::Store;
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let store = cli.store.as_path();
+    let before = cli.store.as_ref();
     match cli.command {
-        Command::Init(args) => init::run(store, args),
+        Command::Init(w) => init::run(&w.store.path(before), w.args),
         Command::Capture(args) => capture::run(args),
-        Command::Import(args) => import::run(store, args),
-        Command::Ls(args) => ls::run(store, args),
-        Command::Stats(args) => stats::run(store, args),
-        Command::Export(args) => export::run(store, args),
-        Command::Extract(args) => extract::run(store, args),
-        Command::Rm(args) => rm::run(store, args),
-        Command::Gc(args) => gc::run(store, args),
-        Command::Push(args) => push::run(store, args),
-        Command::Pull(args) => pull::run(store, args),
-        Command::Verify(args) => verify::run(store, args),
-        Command::Mount(args) => mount::run(store, args),
+        Command::Import(w) => import::run(&w.store.path(before), w.args),
+        Command::Ls(w) => ls::run(&w.store.path(before), w.args),
+        Command::Stats(w) => stats::run(&w.store.path(before), w.args),
+        Command::Export(w) => export::run(&w.store.path(before), w.args),
+        Command::Extract(w) => extract::run(&w.store.path(before), w.args),
+        Command::Rm(w) => rm::run(&w.store.path(before), w.args),
+        Command::Gc(w) => gc::run(&w.store.path(before), w.args),
+        Command::Push(w) => push::run(&w.store.path(before), w.args),
+        Command::Pull(w) => pull::run(&w.store.path(before), w.args),
+        Command::Verify(w) => verify::run(&w.store.path(before), w.args),
+        Command::Mount(w) => mount::run(&w.store.path(before), w.args),
         Command::Record(args) => record::run(args),
         Command::Status(args) => status::run(args),
     }
@@ -80,9 +90,30 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Store> {
     Store::open_read_only(path).with_context(|| format!("opening store {}", path.display()))
 }
 
+/// Prints `value` as pretty JSON. Serialized first, so a closed pipe is a
+/// plain I/O error (`main` treats it as success), not a serde error.
 pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
+    let mut body = serde_json::to_vec_pretty(value)?;
+    body.push(b'\n');
+    std::io::stdout().lock().write_all(&body)?;
+    Ok(())
+}
+
+/// Prints a verb's one-line summary: on standard output, or on standard
+/// error when standard output carries the verb's output itself (`-o -`).
+pub fn summary(output: &Path, line: &str) -> anyhow::Result<()> {
+    if yolo_store_core::is_stdout(output) {
+        eprintln!("yolo-store: {line}");
+    } else {
+        outln!("{line}");
+    }
+    Ok(())
+}
+
+/// Refuses `--json` with `-o -`: both would go to standard output.
+pub fn check_json_output(json: bool, output: &Path) -> anyhow::Result<()> {
+    if json && yolo_store_core::is_stdout(output) {
+        anyhow::bail!("--json and -o - would both write to standard output; choose one");
+    }
     Ok(())
 }

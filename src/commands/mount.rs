@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use yolo_store_core::{ImageServer, Store};
 
-use crate::fuse::{run_mount, MountOptions, Serve};
+use crate::fuse::{check_mount_paths, run_mount, MountOptions, Serve};
 use crate::human;
 
 #[derive(clap::Args)]
@@ -60,12 +60,14 @@ impl FuseArgs {
 }
 
 pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    // Everything that can be refused is, before the store is opened.
+    let images = check_mount_paths(&args.images, &args.mountpoint)?;
+    let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let store =
         Store::open_secondary(path).with_context(|| format!("opening store {}", path.display()))?;
-    let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let server = Arc::new(
-        ImageServer::new(Arc::new(store), &args.images, cache_bytes)
-            .with_context(|| format!("images directory {}", args.images.display()))?,
+        ImageServer::new(Arc::new(store), &images, cache_bytes)
+            .with_context(|| format!("images directory {}", images.display()))?,
     );
     let backend = Arc::new(Serve::new(server.clone(), args.preload != Preload::None));
     let files = backend.verify_all(args.preload == Preload::All)?;

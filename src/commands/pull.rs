@@ -13,6 +13,7 @@ pub struct Args {
     names: Vec<String>,
     #[command(flatten)]
     remote: RemoteArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -36,7 +37,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "pulled {} VMI(s) from {} ({} unchanged): {} chunks downloaded ({}), \
              {} already here ({} not moved)",
             report.names.len(),

@@ -11,6 +11,7 @@ pub struct Args {
     names: Vec<String>,
     #[command(flatten)]
     remote: RemoteArgs,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -24,7 +25,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "pushed {} VMI(s) to {}: {} chunks uploaded ({}), {} already there ({} not sent); \
              {} manifest(s) written",
             report.names.len(),

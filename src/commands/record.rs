@@ -6,7 +6,7 @@ use anyhow::Context;
 use yolo_store_core::Recorder;
 
 use crate::commands::mount::FuseArgs;
-use crate::fuse::{run_mount, Record};
+use crate::fuse::{check_mount_paths, run_mount, Record};
 use crate::human;
 
 #[derive(clap::Args)]
@@ -28,9 +28,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     yolo_store_core::validate_block_size(args.block_size)?;
+    let images = check_mount_paths(&args.images, &args.mountpoint)?;
     let recorder = Arc::new(
-        Recorder::new(&args.images)
-            .with_context(|| format!("images directory {}", args.images.display()))?,
+        Recorder::new(&images).with_context(|| format!("images directory {}", images.display()))?,
     );
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let written = recorder.write_boot_images(&args.output, args.block_size)?;
     for path in &written {
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     if written.is_empty() {
         eprintln!("yolo-store: no file was read; no boot image written");

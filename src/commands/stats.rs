@@ -7,6 +7,7 @@ use crate::human;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -48,9 +49,14 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         "on disk:      {} (whole store directory)",
         human::bytes(t.disk_bytes)
     )?;
-    writeln!(out, "dedup:        {}", human::ratio(t.dedup_ratio))?;
-    writeln!(out, "compression:  {}", human::ratio(t.compression_ratio))?;
-    writeln!(out, "overall:      {}", human::ratio(t.total_ratio))?;
+    // Ratios of nothing are not 0x: say there is nothing to measure.
+    let ratio = |r: f64| match t.vmis {
+        0 => "- (empty store)".to_string(),
+        _ => human::ratio(r),
+    };
+    writeln!(out, "dedup:        {}", ratio(t.dedup_ratio))?;
+    writeln!(out, "compression:  {}", ratio(t.compression_ratio))?;
+    writeln!(out, "overall:      {}", ratio(t.total_ratio))?;
     if t.garbage_chunks > 0 {
         writeln!(
             out,

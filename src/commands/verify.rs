@@ -8,6 +8,7 @@ use crate::human;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
     /// Rebuild corrupt or missing chunks, and the chunks of damaged packs,
@@ -64,9 +65,9 @@ fn print_report(report: &VerifyReport, json: bool) -> anyhow::Result<()> {
         print_json(&report)?;
     } else {
         for problem in &report.problems {
-            println!("PROBLEM: {problem}");
+            outln!("PROBLEM: {problem}");
         }
-        println!(
+        outln!(
             "verified {} manifests and {} chunks ({} re-hashed): {}",
             report.manifests,
             report.chunks,

@@ -6,8 +6,7 @@ use std::sync::Mutex;
 
 use fuser::INodeNo;
 
-/// The virtual status file at the mount root.
-pub const STATUS_FILE: &str = ".yolo-status";
+pub use yolo_store_core::STATUS_FILE;
 pub const STATUS_INO: u64 = 2;
 const FIRST_INO: u64 = 3;
 

@@ -26,10 +26,11 @@ use fuser::{
 pub use inodes::STATUS_FILE;
 pub use record::Record;
 pub use serve::Serve;
-pub use session::{run_mount, MountOptions};
+pub use session::{check_mount_paths, run_mount, MountOptions};
 
 use attr::{attr_of, status_attr};
 use inodes::{Inodes, STATUS_INO};
+use yolo_store_core::{list_dir_in, metadata_in, EntryKind};
 
 /// How long the kernel may cache names and attributes: VMIs do not change
 /// under a running VM, and a second is short enough for an operator.
@@ -92,8 +93,9 @@ impl<B: Backend> ImagesFs<B> {
     }
 
     /// The attributes of `rel` (relative path), if it is something we serve.
+    /// No symlink is followed, on the way or at the end.
     fn stat(&self, ino: u64, rel: &str) -> Result<fuser::FileAttr, Errno> {
-        let meta = std::fs::symlink_metadata(self.root.join(rel)).map_err(Errno::from)?;
+        let meta = metadata_in(&self.root, rel).map_err(Errno::from)?;
         attr_of(ino, &meta).ok_or(Errno::ENOENT)
     }
 }
@@ -227,7 +229,6 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
         let Some(rel) = self.inodes.path(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        let dir = self.root.join(&rel);
         let mut entries: Vec<(u64, FileType, String)> = vec![
             (ino.0, FileType::Directory, ".".into()),
             (
@@ -239,29 +240,22 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
         if ino.0 == INodeNo::ROOT.0 {
             entries.push((STATUS_INO, FileType::RegularFile, STATUS_FILE.into()));
         }
-        let listing = match std::fs::read_dir(&dir) {
+        // Symlinks and special files are not served, and a directory
+        // replaced by a symlink is not followed.
+        let listing = match list_dir_in(&self.root, &rel) {
             Ok(listing) => listing,
             Err(e) => return reply.error(Errno::from(e)),
         };
-        let mut names: Vec<(String, FileType)> = listing
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let name = entry.file_name().into_string().ok()?;
-                let kind = entry.file_type().ok()?;
-                let kind = if kind.is_file() {
-                    FileType::RegularFile
-                } else if kind.is_dir() {
-                    FileType::Directory
-                } else {
-                    return None; // symlinks and specials are not served
-                };
-                Some((name, kind))
-            })
-            .collect();
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, kind) in names {
+        for (name, kind) in listing {
+            if rel.is_empty() && name == STATUS_FILE {
+                continue; // a file of that name is hidden by ours
+            }
             let Some(child) = self.inodes.child_path(ino.0, &name) else {
                 continue;
+            };
+            let kind = match kind {
+                EntryKind::File => FileType::RegularFile,
+                EntryKind::Dir => FileType::Directory,
             };
             entries.push((self.inodes.ino_of(&child), kind, name));
         }

@@ -22,6 +22,31 @@ pub struct MountOptions {
     pub read_ahead_kb: u32,
 }
 
+/// Checks, before anything is opened or mounted, that `images` is a
+/// directory and that the mount cannot serve itself: with the images
+/// directory at or under the mountpoint (or the mountpoint inside the images
+/// directory), each request waits on the mount it is served by, a deadlock
+/// that leaves the daemon unkillable. Returns the canonical images directory.
+pub fn check_mount_paths(images: &Path, mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    let images = yolo_store_core::images_dir(images)
+        .with_context(|| format!("images directory {}", images.display()))?;
+    let point = mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    if !point.is_dir() {
+        anyhow::bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    if images.starts_with(&point) || point.starts_with(&images) {
+        anyhow::bail!(
+            "the images directory {} and the mountpoint {} overlap (one is inside the other); \
+             the mount would serve itself and hang",
+            images.display(),
+            point.display()
+        );
+    }
+    Ok(images)
+}
+
 /// Mounts `backend` over `root` at `mountpoint` and serves until a signal
 /// or an external unmount.
 pub fn run_mount<B: Backend>(

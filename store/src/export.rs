@@ -3,13 +3,12 @@
 //! recorded block at its offset) and [`VmiReader`], the `read_at` view the
 //! mount builds on.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::format::{write_atomically, BootImageWriter};
+use crate::format::BootImageWriter;
 use crate::manifest::{Manifest, ManifestIndex};
+use crate::output::{write_file, write_stream, PRIVATE_MODE};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -36,7 +35,15 @@ fn for_each_chunk(
     Ok(())
 }
 
+/// Writes the boot images of `names` as one `.yolo` to `out` (`-` for
+/// standard output), private to its owner.
 pub fn export(store: &Store, names: &[String], out: &Path) -> Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            // A .yolo naming one file twice is one import refuses.
+            return Err(Error::Invalid(format!("{name:?} is given twice")));
+        }
+    }
     let manifests = names
         .iter()
         .map(|n| store.manifest(n).map(|m| (n, m)))
@@ -50,7 +57,7 @@ pub fn export(store: &Store, names: &[String], out: &Path) -> Result<()> {
             "these boot images have different block sizes; export them separately".into(),
         ));
     }
-    write_atomically(out, |w| {
+    write_stream(out, PRIVATE_MODE, |w| {
         let mut writer = BootImageWriter::new(w, block_size, manifests.len() as u32)?;
         for (name, manifest) in &manifests {
             writer.begin_file(&manifest.file_header(name))?;
@@ -62,48 +69,42 @@ pub fn export(store: &Store, names: &[String], out: &Path) -> Result<()> {
 }
 
 /// Writes a sparse file of the VMI's size holding every recorded block at
-/// its offset, holes elsewhere.
+/// its offset, holes elsewhere, private to its owner. Written aside and
+/// renamed, so a failure leaves an existing `out` as it was.
 pub fn extract(store: &Store, name: &str, out: &Path) -> Result<()> {
     let manifest = store.manifest(name)?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .map_err(|e| Error::io(out, e))?;
-    file.set_len(manifest.file_size)
-        .map_err(|e| Error::io(out, e))?;
-    // Walk the stream: a block may span two chunks, so carry a partial one.
-    let mut blocks = manifest.blocks.iter();
-    let mut pending: Vec<u8> = Vec::new();
-    let bs = u64::from(manifest.block_size);
-    let mut current = blocks.next().copied();
-    for_each_chunk(store, &manifest, |mut raw| {
-        while let Some(id) = current {
-            let need = manifest.block_len(id) - pending.len();
-            if raw.len() < need {
-                pending.extend_from_slice(raw);
-                return Ok(());
+    write_file(out, PRIVATE_MODE, |file| {
+        file.set_len(manifest.file_size)
+            .map_err(|e| Error::io(out, e))?;
+        // Walk the stream: a block may span two chunks, so carry a partial one.
+        let mut blocks = manifest.blocks.iter();
+        let mut pending: Vec<u8> = Vec::new();
+        let bs = u64::from(manifest.block_size);
+        let mut current = blocks.next().copied();
+        for_each_chunk(store, &manifest, |mut raw| {
+            while let Some(id) = current {
+                let need = manifest.block_len(id) - pending.len();
+                if raw.len() < need {
+                    pending.extend_from_slice(raw);
+                    return Ok(());
+                }
+                let write_at = |data: &[u8]| {
+                    file.write_all_at(data, id * bs)
+                        .map_err(|e| Error::io(out, e))
+                };
+                if pending.is_empty() {
+                    write_at(&raw[..need])?;
+                } else {
+                    pending.extend_from_slice(&raw[..need]);
+                    write_at(&pending)?;
+                    pending.clear();
+                }
+                raw = &raw[need..];
+                current = blocks.next().copied();
             }
-            let write_at = |data: &[u8]| {
-                file.write_all_at(data, id * bs)
-                    .map_err(|e| Error::io(out, e))
-            };
-            if pending.is_empty() {
-                write_at(&raw[..need])?;
-            } else {
-                pending.extend_from_slice(&raw[..need]);
-                write_at(&pending)?;
-                pending.clear();
-            }
-            raw = &raw[need..];
-            current = blocks.next().copied();
-        }
-        Ok(())
-    })?;
-    let mut file = file;
-    file.flush().map_err(|e| Error::io(out, e))?;
-    file.sync_all().map_err(|e| Error::io(out, e))
+            Ok(())
+        })
+    })
 }
 
 /// Reads a VMI's recorded blocks out of the store, by file offset.

@@ -8,12 +8,14 @@ mod chunking;
 mod codec;
 mod error;
 mod export;
+mod files;
 mod format;
 mod gc;
 mod id;
 mod import;
 mod manifest;
 mod name;
+mod output;
 mod pack;
 mod record;
 mod refcount;
@@ -31,6 +33,7 @@ pub use capture::{write_boot_image, CaptureSource};
 pub use chunking::{Chunking, FASTCDC_VERSION};
 pub use error::{Error, Result};
 pub use export::{export, extract, VmiReader};
+pub use files::{images_dir, list_dir_in, metadata_in, open_file_in, open_regular, EntryKind};
 pub use format::{
     block_count, validate_block_size, BootImage, BootImageWriter, FileHeader, FileImage,
 };
@@ -38,7 +41,8 @@ pub use gc::{execute_gc, plan_gc, remove, GcPlan, GcReport};
 pub use id::{ChunkId, FileIdentity, ManifestHash};
 pub use import::{import, ImportOptions, ImportReport};
 pub use manifest::{ChunkRef, Manifest, ManifestIndex};
-pub use name::validate_name;
+pub use name::{validate_name, STATUS_FILE};
+pub use output::{check_output, is_stdout, STDOUT};
 pub use record::{RecordedFile, Recorder};
 pub use remote::{
     pull, push, remote_gc, PullFailure, PullReport, PushReport, Remote, RemoteConfig, RemoteGcPlan,

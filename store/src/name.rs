@@ -6,8 +6,21 @@ use crate::{Error, Result};
 
 pub const MAX_NAME_LEN: usize = 4096;
 
+/// The virtual status file at the root of a mount; no VMI may take its name.
+pub const STATUS_FILE: &str = ".yolo-status";
+
+/// Characters that reorder or hide text on a terminal (bidirectional
+/// overrides, embeddings, isolates and marks): a name holding one prints as
+/// another name.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Accepts a relative path made of normal components: no `..`, `.`, empty
-/// components, leading `/`, NULs or control characters.
+/// components, leading `/`, NULs or control characters; and nothing that
+/// prints as another name: no bidirectional controls, no backslash, no
+/// component that starts or ends with white space, and not the mount's own
+/// status file.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |why| {
         Err(Error::Name {
@@ -30,10 +43,22 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return bad("contains a control character");
     }
+    if name.chars().any(is_bidi_control) {
+        return bad("contains a bidirectional text control");
+    }
+    if name.contains('\\') {
+        return bad("contains a backslash");
+    }
+    if name == STATUS_FILE {
+        return bad("is the mount's status file");
+    }
     for component in name.split('/') {
         match component {
             "" => return bad("empty path component"),
             "." | ".." => return bad("`.` or `..` component"),
+            c if c.starts_with(char::is_whitespace) || c.ends_with(char::is_whitespace) => {
+                return bad("a path component starts or ends with white space")
+            }
             _ => {}
         }
     }
@@ -46,7 +71,15 @@ mod tests {
 
     #[test]
     fn accepts_relative_paths() {
-        for ok in ["base.qcow2", "chain/base.qcow2", "a..b", ".hidden"] {
+        for ok in [
+            "base.qcow2",
+            "chain/base.qcow2",
+            "a..b",
+            ".hidden",
+            "with space.img",
+            "chain/.yolo-status",
+            "déjà-vu.qcow2",
+        ] {
             validate_name(ok).unwrap();
         }
     }
@@ -63,6 +96,13 @@ mod tests {
             "a/",
             "nul\0",
             "tab\t",
+            "gpj.\u{202E}img",
+            "a\u{2066}b",
+            " b.img ",
+            "b.img ",
+            "dir /b",
+            "a\\b",
+            ".yolo-status",
         ] {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }

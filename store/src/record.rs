@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::capture::{write_boot_image, CaptureSource};
-use crate::format::write_atomically;
+use crate::files::images_dir;
+use crate::output::{mode_of, write_stream};
 use crate::serve::open_image_file;
 use crate::trace::{write_trace, Read};
 use crate::{Error, Result};
@@ -28,7 +29,7 @@ pub struct RecordedFile {
 
 impl Recorder {
     pub fn new(images: &Path) -> Result<Self> {
-        let images = images.canonicalize().map_err(|e| Error::io(images, e))?;
+        let images = images_dir(images)?;
         Ok(Recorder {
             images,
             reads: Mutex::new(HashMap::new()),
@@ -96,19 +97,16 @@ impl Recorder {
         let mut names: Vec<_> = reads.keys().cloned().collect();
         names.sort();
         for name in names {
-            let source = CaptureSource::from_reads(
-                &self.images.join(&name),
-                &name,
-                &reads[&name],
-                block_size,
-            )?;
+            let (file, path) = open_image_file(&self.images, &name)?;
+            let mode = mode_of(&file);
+            let source = CaptureSource::from_reads(file, &path, &name, &reads[&name], block_size)?;
             let out = outdir.join(format!("{name}.yolo"));
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
             write_boot_image(&out, block_size, std::slice::from_ref(&source))?;
             let trace = outdir.join(format!("{name}.trace"));
-            write_atomically(&trace, |w| {
+            write_stream(&trace, mode, |w| {
                 write_trace(
                     w,
                     &format!("reads of {name}, in arrival order"),

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
+use crate::files::{images_dir, metadata_in, open_file_in};
 use crate::id::{ChunkId, ManifestHash};
 use crate::import::chunk_infos_of;
 use crate::manifest::{Manifest, ManifestIndex};
@@ -145,7 +146,7 @@ pub struct ServeStats {
 
 impl ImageServer {
     pub fn new(store: Arc<Store>, images: &Path, cache_bytes: usize) -> Result<Self> {
-        let images = images.canonicalize().map_err(|e| Error::io(images, e))?;
+        let images = images_dir(images)?;
         let background = rayon::ThreadPoolBuilder::new()
             .num_threads(BACKGROUND_THREADS)
             .thread_name(|i| format!("yolo-check-{i}"))
@@ -283,7 +284,13 @@ impl ImageServer {
     /// a time, in a thread of its own; with `preload`, loads each into the
     /// cache once checked. Keeps what it learned for the next start.
     pub fn verify_all_in_background(self: &Arc<Self>, preload: bool) -> Result<usize> {
-        let names = self.store.names()?;
+        // Only regular files: a FIFO under a VMI's name is no VMI.
+        let names: Vec<String> = self
+            .store
+            .names()?
+            .into_iter()
+            .filter(|name| metadata_in(&self.images, name).is_ok_and(|m| m.is_file()))
+            .collect();
         let count = names.len();
         let server = self.clone();
         std::thread::Builder::new()
@@ -319,14 +326,23 @@ impl ImageServer {
 
     /// Reads up to `size` bytes at `offset`: boot-image blocks from the
     /// cache, everything else from the file. Short only at end of file.
+    ///
+    /// The file's size is checked at every read (one `fstat`): a file
+    /// truncated or grown under an open descriptor no longer matches its
+    /// boot image, so it is then read from the file alone, up to its
+    /// current end.
     pub fn read(&self, image: &OpenImage, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
         let started = Instant::now();
-        let end = offset.saturating_add(size as u64).min(image.size);
+        let file_size = image.file.metadata()?.len();
+        let end = offset.saturating_add(size as u64).min(file_size);
         let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
         let mut from_file: Vec<Range<u64>> = Vec::new();
         match &image.index {
-            None => from_file.push(offset..end),
-            Some(index) => self.fill_from_store(image, index, offset, &mut buf, &mut from_file),
+            Some(index) if file_size == image.size => {
+                self.fill_from_store(image, index, offset, &mut buf, &mut from_file)
+            }
+            _ if buf.is_empty() => {}
+            _ => from_file.push(offset..end),
         }
         for range in &from_file {
             let dst = &mut buf[(range.start - offset) as usize..(range.end - offset) as usize];
@@ -610,27 +626,13 @@ fn save(trust: &Mutex<Trust>) -> Result<()> {
 }
 
 /// Opens regular file `name` of the images directory `images` (canonical),
-/// refusing anything that resolves outside it: `..`, absolute paths, and
-/// symlinks anywhere on the path.
+/// refusing anything that resolves outside it (`..`, absolute paths,
+/// symlinks anywhere on the path) and anything but a regular file, without
+/// blocking on a FIFO.
 pub(crate) fn open_image_file(images: &Path, name: &str) -> Result<(File, PathBuf)> {
     validate_name(name)?;
-    let path = images.join(name);
-    let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
-    if real != path {
-        return Err(Error::Invalid(format!(
-            "{name} is or passes through a symlink; only plain files are served"
-        )));
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
-    if !meta.is_file() {
-        return Err(Error::Invalid(format!("{name} is not a regular file")));
-    }
-    Ok((file, path))
+    let file = open_file_in(images, name)?;
+    Ok((file, images.join(name)))
 }
 
 #[cfg(test)]
@@ -714,6 +716,46 @@ mod tests {
         assert!(!image.has_boot_image());
         assert_eq!(server.read(&image, 0, 8192).unwrap(), &changed[..8192]);
         assert_eq!(server.stats().identity_mismatches, 1);
+    }
+
+    #[test]
+    fn a_held_file_truncated_or_grown_is_read_to_its_current_end() {
+        let data = content(10 * 4096);
+        let (dir, server) = serve(&data, &[9, 0], 1 << 20);
+        let path = dir.path().join("images/vmi");
+        let image = server.open("vmi").unwrap();
+        assert!(image.has_boot_image());
+        // Truncated under the open file: the recorded last block is past
+        // the new end and must not come back from the store.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(9 * 4096)
+            .unwrap();
+        assert!(server.read(&image, 9 * 4096, 4096).unwrap().is_empty());
+        assert_eq!(server.read(&image, 0, 4096).unwrap(), &data[..4096]);
+        // Grown: the bytes past the old end are there at once.
+        let mut grown = data[..9 * 4096].to_vec();
+        grown.extend(content(3 * 4096).iter().map(|b| b ^ 0x5A));
+        std::fs::write(&path, &grown).unwrap();
+        assert_eq!(
+            server.read(&image, 8 * 4096, 4 * 4096).unwrap(),
+            &grown[8 * 4096..]
+        );
+    }
+
+    #[test]
+    fn a_fifo_with_a_vmi_name_is_refused_without_blocking() {
+        let data = content(4096);
+        let (dir, server) = serve(&data, &[0], 1 << 20);
+        let path = dir.path().join("images/vmi");
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(server.verify_boot_image("vmi").is_err());
+        assert!(server.open("vmi").is_err());
     }
 
     #[test]

@@ -320,6 +320,7 @@ impl Store {
                 // Keep every table file open once seen, so a file the writer
                 // deletes (compaction, gc) stays readable until we catch up.
                 opts.set_max_open_files(-1);
+                remove_dead_secondaries(&path.join(SECONDARY_DIR));
                 let dir = path
                     .join(SECONDARY_DIR)
                     .join(std::process::id().to_string());
@@ -901,6 +902,30 @@ impl Drop for Store {
     fn drop(&mut self) {
         if let Some(dir) = &self.secondary_dir {
             let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Removes the logs of secondaries (mounts) whose process is gone: a mount
+/// killed with SIGKILL, or one that failed to start, never ran its `Drop`.
+fn remove_dead_secondaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+            .filter(|&pid| pid > 0)
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }

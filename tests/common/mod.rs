@@ -181,6 +181,17 @@ impl Mount {
         panic!("identities still pending: {}", self.status());
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup runs), then detaches the
+    /// dead mount.
+    pub fn kill_hard(mut self) -> u32 {
+        let mut child = self.child.take().expect("mount running");
+        let pid = child.id();
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        pid
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.point.join(name)
     }

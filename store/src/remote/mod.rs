@@ -97,6 +97,27 @@ impl RemoteConfig {
     }
 }
 
+/// Whether `url` carries `user[:password]@` before its host.
+fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority.contains('@')
+}
+
+/// `url` with any `user[:password]@` before its host replaced by `***@`.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// A connection to one remote (a bucket and prefix, or a directory).
 pub struct Remote {
     objects: Arc<dyn ObjectStore>,
@@ -110,9 +131,19 @@ impl Remote {
     /// Opens `s3://BUCKET[/PREFIX]` or `file:///DIR`. Nothing is sent yet.
     pub fn open(url: &str, options: RemoteOptions) -> Result<Self> {
         let bad = |why: String| Error::Remote {
-            remote: url.to_string(),
+            remote: redact(url),
             why,
         };
+        // Credentials in a URL end up in shells' histories, process lists
+        // and our messages: refuse them, and never print them.
+        let endpoint_has_credentials = options.endpoint.as_deref().is_some_and(has_userinfo);
+        if has_userinfo(url) || endpoint_has_credentials {
+            return Err(bad(
+                "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY instead"
+                    .into(),
+            ));
+        }
         let (objects, root): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
             url.strip_prefix("s3://")
         {
@@ -493,5 +524,34 @@ mod key_tests {
         let id = ChunkId::of(b"chunk");
         assert_eq!(chunk_id_of_key(&chunk_key(&id)), Some(id));
         assert_eq!(chunk_id_of_key("chunks/00/nothex"), None);
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::{has_userinfo, redact, Remote, RemoteOptions};
+
+    #[test]
+    fn credentials_in_a_url_are_refused_and_never_printed() {
+        let url = "s3://AKIAEXAMPLE:s3cr3t@bucket/prefix";
+        assert!(has_userinfo(url));
+        assert!(!has_userinfo("s3://bucket/pre@fix"));
+        assert_eq!(redact(url), "s3://***@bucket/prefix");
+        let Err(err) = Remote::open(url, RemoteOptions::default()) else {
+            panic!("a URL with credentials was accepted");
+        };
+        let text = err.to_string();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("AKIAEXAMPLE"),
+            "{text}"
+        );
+        let options = RemoteOptions {
+            endpoint: Some("http://user:pw0rd@127.0.0.1:7480".into()),
+            ..RemoteOptions::default()
+        };
+        let Err(err) = Remote::open("s3://bucket", options) else {
+            panic!("an endpoint with credentials was accepted");
+        };
+        assert!(!err.to_string().contains("pw0rd"));
     }
 }

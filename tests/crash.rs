@@ -145,6 +145,16 @@ fn damaged_store_setup(env: &Env) -> [PathBuf; 2] {
     [a, b]
 }
 
+/// Runs a gc that has something to collect, so it compacts: the records
+/// then live in table files past level 0, which RocksDB can drop whole.
+/// (A gc with nothing to do opens nothing for writing.)
+fn compact_with_gc(env: &Env) {
+    let c = big_image(env, "c.img", 9, 64);
+    env.ok(&["import", c.to_str().unwrap()]);
+    env.ok(&["rm", "c.img"]);
+    env.ok(&["gc"]);
+}
+
 /// Inverts `len` bytes of `path` from `at`, as a failing disk would.
 fn flip(path: &std::path::Path, at: u64, len: usize) {
     use std::os::unix::fs::FileExt;
@@ -236,7 +246,7 @@ fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_pack
     let env = Env::new();
     let yolos = damaged_store_setup(&env);
     // gc compacts: the refs records now live in one table file per level.
-    env.ok(&["gc"]);
+    compact_with_gc(&env);
     let chunks_before = env.json(&["verify"])["chunks"].clone();
     let stored_before = env.json(&["stats"])["totals"]["stored_bytes"].clone();
     let sst = {
@@ -376,7 +386,7 @@ fn a_flipped_byte_in_the_manifests_sst_is_named_and_repair_changes_no_refcount()
 fn a_flipped_byte_in_the_packs_sst_is_named_and_rebuilt_from_the_vmis() {
     let env = Env::new();
     let yolos = damaged_store_setup(&env);
-    env.ok(&["gc"]);
+    compact_with_gc(&env);
     let sst = {
         let store = yolo_store_core::Store::open(&env.store()).unwrap();
         store

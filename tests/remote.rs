@@ -200,7 +200,15 @@ fn two_nodes_share_a_family_through_ceph() {
 
     // The fifth VMI: only the chunks unique to it move, both ways, and B
     // pulls it while its mount serves the family.
-    let mount = Mount::start(&env, "mount", env.dir.path(), &env.path("mnt"), &[]);
+    // The mountpoint is outside the images directory (the test's own).
+    let point = tempfile::tempdir().expect("tempdir");
+    let mount = Mount::start(
+        &env,
+        "mount",
+        env.dir.path(),
+        &point.path().join("mnt"),
+        &[],
+    );
     let fifth = family(&env, &["dev.img"], 5, 40);
     ceph.ok(&a, &["import", fifth[0].to_str().expect("utf-8")]);
     let pushed = ceph.json(&a, &["push", "--remote", r]);

@@ -9,16 +9,12 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use fuser::FopenFlags;
-use yolo_store_core::{FileIdentity, FileVersion, ImageServer, OpenImage, ServeStats};
+use yolo_store_core::{FileIdentity, ImageServer, OpenImage, PageCache, ServeStats};
 
 use super::Backend;
 
 pub struct Serve {
     server: Arc<ImageServer>,
-    /// Per file name, the version last opened and whether it had a boot
-    /// image: the kernel keeps its page cache across opens only while both
-    /// are unchanged.
-    opened: Mutex<HashMap<String, (FileVersion, bool)>>,
     /// Boot images already preloaded, by file name and identity: You Only
     /// Load Once, even when a VM opens its backing file several times.
     preloaded: Mutex<HashMap<String, FileIdentity>>,
@@ -30,7 +26,6 @@ impl Serve {
     pub fn new(server: Arc<ImageServer>, preload_on_open: bool) -> Self {
         Serve {
             server,
-            opened: Mutex::new(HashMap::new()),
             preloaded: Mutex::new(HashMap::new()),
             preload_on_open,
             verified_at_start: AtomicBool::new(false),
@@ -105,22 +100,12 @@ impl Backend for Serve {
         self.server.read(image, offset, size as usize)
     }
 
-    /// Buffered reads through the page cache, kept across opens while the
-    /// file is unchanged: a second VM on the same VMI reads its boot blocks
-    /// from the kernel without a round trip to us. A file that changed, or
-    /// gained or lost its boot image, gets its cached pages dropped (no
-    /// FOPEN_KEEP_CACHE on that open).
+    /// The library decides (`ImageServer::page_cache`); this translates.
     fn open_flags(&self, image: &OpenImage) -> FopenFlags {
-        let state = (image.version(), image.has_boot_image());
-        let previous = self
-            .opened
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.name.clone(), state);
-        if previous == Some(state) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
+        match self.server.page_cache(image) {
+            PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            PageCache::Buffered { keep: true } => FopenFlags::FOPEN_KEEP_CACHE,
+            PageCache::Buffered { keep: false } => FopenFlags::empty(),
         }
     }
 

@@ -43,7 +43,7 @@ pub use remote::{
     RemoteGcReport, RemoteOptions,
 };
 pub use repair::{repair, RepairReport};
-pub use serve::{FileVersion, ImageServer, OpenImage, ServeStats};
+pub use serve::{FileVersion, ImageServer, OpenImage, PageCache, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};

@@ -31,8 +31,10 @@ ns=${NS:-1 2 4 8 16}
 policies=${POLICIES:-normal then prefetch yolo}
 modes=${MODES:-distinct shared}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}"
-cargo build --release -q
-bin="$CARGO_TARGET_DIR/release/yolo-store"
+# YOLO_STORE_BIN: a binary built before (a shared target directory may hold
+# another branch's build by the time this runs).
+bin=${YOLO_STORE_BIN:-$CARGO_TARGET_DIR/release/yolo-store}
+[ -n "${YOLO_STORE_BIN:-}" ] || cargo build --release -q
 work=$(mktemp -d /var/tmp/yolo-paper-io.XXXXXX)
 disk=$work/disk mnt=$work/mnt store=$work/store
 mkdir -p "$mnt" "$out"

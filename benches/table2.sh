@@ -22,8 +22,10 @@ ios=${RANDOM_IOS:-2000}
 rounds=${ROUNDS:-3}
 command -v fio >/dev/null || apt-get install -y -q --no-install-recommends fio >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}"
-cargo build --release -q
-bin="$CARGO_TARGET_DIR/release/yolo-store"
+# YOLO_STORE_BIN: a binary built before (a shared target directory may hold
+# another branch's build by the time this runs).
+bin=${YOLO_STORE_BIN:-$CARGO_TARGET_DIR/release/yolo-store}
+[ -n "${YOLO_STORE_BIN:-}" ] || cargo build --release -q
 work=$(mktemp -d /var/tmp/yolo-table2.XXXXXX)
 disk=$work/disk mnt=$work/mnt
 mkdir -p "$mnt"

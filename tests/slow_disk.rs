@@ -33,7 +33,10 @@ fn fails(images: &Path, args: &[&str], why: &str) {
     let out = slow_disk(images, args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "slow-disk.sh {args:?} succeeded");
-    assert!(stderr.contains(why), "{args:?}: expected {why:?} in {stderr}");
+    assert!(
+        stderr.contains(why),
+        "{args:?}: expected {why:?} in {stderr}"
+    );
 }
 
 fn stats(images: &Path, dir: &str) -> HashMap<String, u64> {
@@ -65,7 +68,11 @@ fn direct_reads(images: &Path, dir: &str, file: &str, count: u32, throttled: boo
     } else {
         Command::new(dd[0]).args(&dd[1..]).output().expect("dd")
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The cgroup directory `up` reports.
@@ -87,7 +94,10 @@ fn nothing_left(images: &Path, dir: &str, group: &str) {
         "loop device left behind: {loops}"
     );
     assert!(!Path::new(group).exists(), "{group} left behind");
-    let mounted = Command::new("mountpoint").args(["-q", dir]).status().unwrap();
+    let mounted = Command::new("mountpoint")
+        .args(["-q", dir])
+        .status()
+        .unwrap();
     assert!(!mounted.success(), "{dir} still mounted");
     fails(images, &["stats", dir], "is not a slow disk");
 }

@@ -72,7 +72,7 @@ mount_yolo() {
     scripts/slow-disk.sh join "$disk" "$mount_pid"
 }
 unmount_yolo() { umount "$mnt"; wait "$mount_pid" || true; mount_pid=""; }
-counters() { scripts/slow-disk.sh stats "$disk" | tr ' ' '\n' | sed -n 's/^reads=//p;s/^read_bytes=//p' | tr '\n' ' '; }
+counters() { scripts/slow-disk.sh stats "$disk" | sed 's/^reads=\([0-9]*\) read_bytes=\([0-9]*\).*/\1 \2/'; }
 
 csv=$out/paper-io.csv
 [ -f "$csv" ] || echo "date,profile,vmis,n,policy,mean_s,max_s,device_reads,device_read_mib,load1" > "$csv"

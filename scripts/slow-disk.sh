@@ -137,14 +137,14 @@ stats() {
             FILENAME ~ /io_service_bytes$/ && $1 == d { b[$2] = $3 }
             FILENAME ~ /read_iops_device$/ && $1 == d { iops = $2 }
             FILENAME ~ /read_bps_device$/ && $1 == d { bps = $2 }
-            END { printf "reads=%d read_bytes=%d writes=%d write_bytes=%d read_iops_limit=%d read_bps_limit=%d\n",
+            END { printf "reads=%.0f read_bytes=%.0f writes=%.0f write_bytes=%.0f read_iops_limit=%.0f read_bps_limit=%.0f\n",
                   n["Read"], b["Read"], n["Write"], b["Write"], iops, bps }
         ' "$cg/blkio.throttle.io_serviced" "$cg/blkio.throttle.io_service_bytes" \
             "$cg/blkio.throttle.read_iops_device" "$cg/blkio.throttle.read_bps_device"
     else
         awk -v d="$majmin" '$1 == d { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[FILENAME kv[1]] = kv[2] } }
             END { s = ARGV[1]; m = ARGV[2]
-                  printf "reads=%d read_bytes=%d writes=%d write_bytes=%d read_iops_limit=%d read_bps_limit=%d\n",
+                  printf "reads=%.0f read_bytes=%.0f writes=%.0f write_bytes=%.0f read_iops_limit=%.0f read_bps_limit=%.0f\n",
                   v[s "rios"], v[s "rbytes"], v[s "wios"], v[s "wbytes"], v[m "riops"], v[m "rbps"] }
         ' "$cg/io.stat" "$cg/io.max"
     fi

@@ -84,6 +84,29 @@ fn reads_equal_the_files_inside_outside_and_across_boot_blocks() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unmounted"));
 }
 
+/// A VM reads its boot blocks with ordinary buffered reads, here in offset
+/// order, which the kernel's read-ahead takes for a stream. It must not
+/// widen them: the blocks around a boot image's are not in the store, and
+/// would be read from the (slow) file.
+#[test]
+fn boot_reads_through_the_mount_read_nothing_around_the_boot_image() {
+    let env = Env::new();
+    let (images, vmis) = family(&env, 1);
+    let mount = serve(&env, &images, &["--preload", "none"]);
+    let (name, data) = &vmis[0];
+    let file = fs::File::open(mount.file(name)).unwrap();
+    let mut blocks = boot_blocks();
+    blocks.sort();
+    for block in blocks {
+        let mut buf = vec![0u8; 4096];
+        let n = read_full(&file, &mut buf, block * 4096);
+        assert_eq!(&buf[..n], expect(data, block * 4096, 4096), "block {block}");
+    }
+    let status = mount.status();
+    assert_eq!(status["bytes_from_file"], 0, "{status}");
+    assert!(status["bytes_from_store"].as_u64().unwrap() > 0, "{status}");
+}
+
 #[test]
 fn sixteen_concurrent_readers_see_exact_bytes() {
     let env = Env::new();

@@ -1,21 +1,16 @@
 //! The serving backend: files come from an [`ImageServer`], which takes
 //! boot-image blocks from the store and everything else from the file.
 
-use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fuser::FopenFlags;
-use yolo_store_core::{FileVersion, ImageServer, OpenImage};
+use yolo_store_core::{ImageServer, OpenImage, PageCache};
 
 use super::Backend;
 
 pub struct Serve {
     server: Arc<ImageServer>,
-    /// Per file name, the version last opened and whether it had a boot
-    /// image: the kernel keeps its page cache across opens only while both
-    /// are unchanged.
-    opened: Mutex<HashMap<String, (FileVersion, bool)>>,
     preload_on_open: bool,
 }
 
@@ -23,7 +18,6 @@ impl Serve {
     pub fn new(server: Arc<ImageServer>, preload_on_open: bool) -> Self {
         Serve {
             server,
-            opened: Mutex::new(HashMap::new()),
             preload_on_open,
         }
     }
@@ -51,22 +45,12 @@ impl Backend for Serve {
         self.server.read(image, offset, size as usize)
     }
 
-    /// Buffered reads through the page cache, kept across opens while the
-    /// file is unchanged: a second VM on the same VMI reads its boot blocks
-    /// from the kernel without a round trip to us. A file that changed, or
-    /// gained or lost its boot image, gets its cached pages dropped (no
-    /// FOPEN_KEEP_CACHE on that open).
+    /// Page-cache policy is the library's ([`ImageServer::page_cache`]).
     fn open_flags(&self, image: &OpenImage) -> FopenFlags {
-        let state = (image.version(), image.has_boot_image());
-        let previous = self
-            .opened
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.name.clone(), state);
-        if previous == Some(state) {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
+        match self.server.page_cache(image) {
+            PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            PageCache::Buffered { keep: true } => FopenFlags::FOPEN_KEEP_CACHE,
+            PageCache::Buffered { keep: false } => FopenFlags::empty(),
         }
     }
 

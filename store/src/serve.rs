@@ -66,6 +66,22 @@ impl OpenImage {
     }
 }
 
+/// How the kernel may cache a served file's pages, decided at each open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageCache {
+    /// No page cache and no read-ahead: every read reaches the server as the
+    /// reader made it. For files served with a boot image: the mount's
+    /// read-ahead would widen each boot read to up to `--read-ahead-kb`, and
+    /// the part outside the boot image would come from the (slow) file. The
+    /// file's own filesystem still reads ahead for the reads that do fall
+    /// through to it, so sequential reads keep their speed.
+    Direct,
+    /// Buffered, with the mount's read-ahead. `keep`: the pages cached by
+    /// earlier opens are still right (same file version, same boot image
+    /// state), so a second reader gets them without a round trip.
+    Buffered { keep: bool },
+}
+
 pub struct ImageServer {
     store: Arc<Store>,
     images: PathBuf,
@@ -78,6 +94,9 @@ pub struct ImageServer {
     /// a VM opens its backing file several times.
     preloaded: Mutex<HashMap<String, ManifestHash>>,
     startup_checked: AtomicBool,
+    /// Per file name, the version last opened and whether it had a boot
+    /// image: what decides whether the kernel's pages are kept.
+    opened: Mutex<HashMap<String, (FileVersion, bool)>>,
     warned: Mutex<HashSet<String>>,
     counters: Counters,
 }
@@ -166,6 +185,7 @@ impl ImageServer {
             background,
             preloaded: Mutex::new(HashMap::new()),
             startup_checked: AtomicBool::new(false),
+            opened: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
             counters: Counters::default(),
         })
@@ -224,6 +244,22 @@ impl ImageServer {
             version,
             index,
         })
+    }
+
+    /// How the kernel may cache `image`'s pages for the open that made it.
+    /// A file served with a boot image gets direct I/O; any other keeps the
+    /// pages of an earlier open only if the file and its boot image state
+    /// are those of that open.
+    pub fn page_cache(&self, image: &OpenImage) -> PageCache {
+        let state = (image.version, image.has_boot_image());
+        let previous = lock(&self.opened).insert(image.name.clone(), state);
+        if image.has_boot_image() {
+            PageCache::Direct
+        } else {
+            PageCache::Buffered {
+                keep: previous == Some(state),
+            }
+        }
     }
 
     /// What is known of `manifest` against this version of file `name`.
@@ -756,6 +792,24 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(server.verify_boot_image("vmi").is_err());
         assert!(server.open("vmi").is_err());
+    }
+
+    #[test]
+    fn a_file_served_with_a_boot_image_bypasses_the_page_cache() {
+        let data = content(8 * 4096);
+        let (dir, server) = serve(&data, &[3, 1], 1 << 20);
+        let image = server.open("vmi").unwrap();
+        assert_eq!(server.page_cache(&image), PageCache::Direct);
+        assert_eq!(server.page_cache(&image), PageCache::Direct);
+        // A file without one is buffered, its pages kept while it is the
+        // same version as at the previous open.
+        let other = dir.path().join("images/other");
+        std::fs::write(&other, &data).unwrap();
+        let open = |s: &ImageServer| s.page_cache(&s.open("other").unwrap());
+        assert_eq!(open(&server), PageCache::Buffered { keep: false });
+        assert_eq!(open(&server), PageCache::Buffered { keep: true });
+        std::fs::write(&other, &data[..4096]).unwrap();
+        assert_eq!(open(&server), PageCache::Buffered { keep: false });
     }
 
     #[test]

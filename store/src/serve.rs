@@ -297,21 +297,32 @@ impl ImageServer {
     /// is known already: a mount does this for every VMI at start, so VMs
     /// find them trusted. True when the boot image will serve.
     pub fn verify_boot_image(&self, name: &str) -> Result<bool> {
+        let (matches, checked_now) = self.check_now(name)?;
+        if checked_now {
+            save(&self.trust)?;
+        }
+        Ok(matches)
+    }
+
+    /// [`Self::verify_boot_image`] without keeping the result on disk:
+    /// whether the boot image serves, and whether the file was read for it.
+    fn check_now(&self, name: &str) -> Result<(bool, bool)> {
         let manifest = match self.store.manifest(name) {
             Ok(manifest) => manifest,
-            Err(Error::UnknownVmi(_)) => return Ok(false),
+            Err(Error::UnknownVmi(_)) => return Ok((false, false)),
             Err(e) => return Err(e),
         };
         let (file, path) = open_image_file(&self.images, name)?;
         let version = FileVersion::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
         drop(file);
         match self.checked(name, version, &manifest) {
-            Checked::Matches => Ok(true),
-            Checked::Differs => Ok(false),
+            Checked::Matches => Ok((true, false)),
+            Checked::Differs => Ok((false, false)),
             Checked::Unknown => {
                 let hash = manifest.hash();
                 lock(&self.trust).pending.insert((version, hash));
-                check(&self.trust, &self.images, name, version, &manifest, hash)
+                let matches = check(&self.trust, &self.images, name, version, &manifest, hash)?;
+                Ok((matches, true))
             }
         }
     }
@@ -332,8 +343,15 @@ impl ImageServer {
         std::thread::Builder::new()
             .name("yolo-startup".into())
             .spawn(move || {
+                // What was learned is kept every few seconds, so a restart
+                // part way does not start over.
+                let mut saved = Instant::now();
                 for name in names {
-                    let result = server.verify_boot_image(&name).and_then(|ok| {
+                    let result = server.check_now(&name).and_then(|(ok, checked_now)| {
+                        if checked_now && saved.elapsed().as_secs() >= 5 {
+                            save(&server.trust)?;
+                            saved = Instant::now();
+                        }
                         if ok && preload {
                             server.preload_once(&server.open(&name)?);
                         }

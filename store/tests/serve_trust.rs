@@ -151,3 +151,74 @@ fn opening_many_new_files_does_not_take_a_thread_each() {
         most - before
     );
 }
+
+/// A server over `dir`'s store and images, as a mount that (re)starts.
+fn start(dir: &Path) -> ImageServer {
+    let store = Store::open_read_only(&dir.join("store")).unwrap();
+    ImageServer::new(Arc::new(store), &dir.join("images"), 1 << 20).unwrap()
+}
+
+#[test]
+fn a_file_changed_inside_its_recorded_blocks_is_never_served_and_outside_them_still_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, store) = setup(dir.path());
+    let data = content(32 * 4096, 0);
+    let path = images.join("vmi");
+    std::fs::write(&path, &data).unwrap();
+    let recorded = [5u64, 2, 9, 3];
+    import_image(
+        &store,
+        "vmi",
+        data.len() as u64,
+        FileIdentity([1; 32]),
+        &recorded,
+        |b| block_of(&data, b),
+    );
+    drop(store);
+    // Older than the racy window, so the check is kept on disk.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let first = start(dir.path());
+    assert!(first.verify_boot_image("vmi").unwrap());
+    drop(first);
+
+    // A restart of an unchanged node trusts the file without reading it.
+    let server = start(dir.path());
+    assert_eq!(server.stats().boot_images_verified, 1);
+    let image = server.open("vmi").unwrap();
+    assert!(image.has_boot_image());
+    assert_eq!(server.stats().unverified_opens, 0);
+    assert_eq!(server.read(&image, 0, data.len()).unwrap(), data);
+
+    for restart in [false, true] {
+        // Outside the recorded blocks: served from the boot image still,
+        // byte for byte.
+        let mut outside = std::fs::read(&path).unwrap();
+        outside[20 * 4096] ^= 0xFF;
+        std::fs::write(&path, &outside).unwrap();
+        let restarted;
+        let now: &ImageServer = match restart {
+            true => {
+                restarted = start(dir.path());
+                &restarted
+            }
+            false => &server,
+        };
+        assert!(now.verify_boot_image("vmi").unwrap());
+        let image = now.open("vmi").unwrap();
+        assert!(image.has_boot_image());
+        assert_eq!(now.read(&image, 0, outside.len()).unwrap(), outside);
+
+        // Inside one: never served, in this process or after a restart.
+        let mut inside = outside.clone();
+        inside[9 * 4096 + 7] ^= 0xFF;
+        std::fs::write(&path, &inside).unwrap();
+        for server in [now, &start(dir.path())] {
+            assert!(!server.verify_boot_image("vmi").unwrap());
+            let image = server.open("vmi").unwrap();
+            assert!(!image.has_boot_image());
+            assert_eq!(server.read(&image, 0, inside.len()).unwrap(), inside);
+        }
+        // The recorded block back, for the next round.
+        std::fs::write(&path, &outside).unwrap();
+    }
+}

@@ -76,7 +76,9 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         if args.preload == Preload::All { ", then preloading them" } else { "" }
     );
     let root = server.images_dir().to_path_buf();
-    run_mount(backend, root, &args.mountpoint, &args.fuse.options())?;
+    let served = run_mount(backend, root, &args.mountpoint, &args.fuse.options());
+    server.store().remove_secondary_dir();
+    served?;
     let stats = server.stats();
     eprintln!(
         "yolo-store: unmounted; {} reads, {} from the store, {} from files, cache {} hits / {} misses, {} chunk failures",

@@ -898,11 +898,20 @@ impl Store {
     }
 }
 
-impl Drop for Store {
-    fn drop(&mut self) {
+impl Store {
+    /// For a secondary: removes its log directory now. A process that ends
+    /// while a background thread still holds the store never runs `Drop`,
+    /// so a mount calls this on its way out, whether it served or failed.
+    pub fn remove_secondary_dir(&self) {
         if let Some(dir) = &self.secondary_dir {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.remove_secondary_dir();
     }
 }
 

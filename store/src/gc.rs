@@ -4,13 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use rocksdb::WriteBatch;
 use serde::Serialize;
 
 use crate::id::ChunkId;
 use crate::pack::decode_pack;
 use crate::refcount::ManifestChanges;
-use crate::store::{pack_key, ChunkInfo, Store, CF_PACKS, CF_REFS};
+use crate::store::{ChunkInfo, Store};
 use crate::verify::chunk_users;
 use crate::{Error, Result};
 
@@ -180,20 +179,19 @@ fn collect_packs(
     live_in: &HashMap<u64, u64>,
     report: &mut GcReport,
 ) -> Result<()> {
-    let (packs_cf, refs_cf) = (store.cf(CF_PACKS)?, store.cf(CF_REFS)?);
     let pack_ids: Vec<u64> = dead.iter().map(|(pack, _)| *pack).collect();
     let values = store.read_encoded_packs(&pack_ids)?;
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     let mut keep: Vec<(ChunkId, Vec<u8>, u64)> = Vec::new();
     let mut freed = 0u64;
     for ((pack_id, dead_ids), value) in dead.iter().zip(values) {
         for id in dead_ids {
-            batch.delete_cf(refs_cf, id.as_bytes());
+            batch.delete_refs(id)?;
             report.deleted_chunks += 1;
         }
         let Some(value) = value else { continue };
         if live_in.get(pack_id).copied().unwrap_or(0) == 0 {
-            batch.delete_cf(packs_cf, pack_key(*pack_id));
+            batch.delete_pack(*pack_id)?;
             report.packs_rewritten += 1;
             freed += value.len() as u64;
             continue;
@@ -222,7 +220,7 @@ fn collect_packs(
             report.packs_unreadable += 1;
             continue;
         }
-        batch.delete_cf(packs_cf, pack_key(*pack_id));
+        batch.delete_pack(*pack_id)?;
         report.packs_rewritten += 1;
         freed += value.len() as u64;
         keep.extend(live);
@@ -237,7 +235,7 @@ fn collect_packs(
     }
     report.packs_written += new_packs.len() as u64;
     report.freed_stored_bytes += freed;
-    store.put_packs(&mut batch, &new_packs)?;
+    batch.put_packs(&new_packs)?;
     store.write(batch)
 }
 

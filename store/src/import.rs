@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use rayon::prelude::*;
-use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::Serialize;
 
 use crate::format::{BootImage, FileImage};
@@ -15,7 +14,7 @@ use crate::manifest::{ChunkRef, Manifest};
 use crate::name::validate_name;
 use crate::pack::{runs, PACK_BYTES};
 use crate::refcount::ManifestChanges;
-use crate::store::{ChunkInfo, NewPack, Store, CF_REFS};
+use crate::store::{Batch, ChunkInfo, NewPack, Store};
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -117,7 +116,7 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
             }
         }
     }
-    let mut current = chunk_infos_of(store, distinct_chunks.iter().map(|c| c.0).collect())?;
+    let mut current = store.chunk_infos_of(distinct_chunks.iter().map(|c| c.0).collect())?;
     distinct_chunks.retain(|(id, _, _)| !current.contains_key(id));
     // First the new chunks, unreferenced (refcount 0) and durable; then,
     // in one synced batch, the manifests and every refcount change. A crash
@@ -181,11 +180,11 @@ pub(crate) fn register_manifests(
 }
 
 /// The batch [`register_manifests`] writes.
-fn manifests_batch(
-    store: &Store,
+fn manifests_batch<'s>(
+    store: &'s Store,
     manifests: &[(String, Manifest)],
     known: &mut HashMap<ChunkId, ChunkInfo>,
-) -> Result<WriteBatch> {
+) -> Result<Batch<'s>> {
     let mut changes = ManifestChanges::default();
     for (name, manifest) in manifests {
         changes.put(name, manifest.clone());
@@ -209,7 +208,7 @@ fn store_new_chunks(
     }
     const WINDOW_BYTES: usize = 16 * PACK_BYTES;
     std::thread::scope(|scope| {
-        let (to_writer, windows) = std::sync::mpsc::sync_channel::<WriteBatch>(1);
+        let (to_writer, windows) = std::sync::mpsc::sync_channel::<Batch>(1);
         let writer = scope.spawn(move || -> Result<()> {
             for batch in windows {
                 store.write_unreferenced_chunks(batch)?;
@@ -232,19 +231,19 @@ fn store_new_chunks(
 
 /// A batch that stores `packs` with their chunks' refs records, which it
 /// also records in `current` and counts in `report`.
-pub(crate) fn new_packs_batch(
-    store: &Store,
+pub(crate) fn new_packs_batch<'s>(
+    store: &'s Store,
     packs: &[NewPack],
     current: &mut HashMap<ChunkId, ChunkInfo>,
     report: &mut ImportReport,
-) -> Result<WriteBatch> {
+) -> Result<Batch<'s>> {
     // Sized up front: growing a large batch copies it each time.
     let bytes: usize = packs
         .iter()
         .map(|p| p.value.len() + 80 * p.chunks.len() + 32)
         .sum();
-    let mut batch = WriteBatch::with_capacity_bytes(bytes);
-    store.put_packs(&mut batch, packs)?;
+    let mut batch = store.batch_with_capacity(bytes);
+    batch.put_packs(packs)?;
     for pack in packs {
         for (id, info) in &pack.chunks {
             current.insert(*id, *info);
@@ -254,56 +253,6 @@ pub(crate) fn new_packs_batch(
         }
     }
     Ok(batch)
-}
-
-/// The refs records of those of `ids` the store holds.
-pub(crate) fn chunk_infos_of(
-    store: &Store,
-    mut ids: Vec<ChunkId>,
-) -> Result<HashMap<ChunkId, ChunkInfo>> {
-    // Sorted, so RocksDB can look them up in key order.
-    ids.sort_unstable();
-    ids.dedup();
-    let cf = store.cf(CF_REFS)?;
-    let mut infos = HashMap::with_capacity(ids.len());
-    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-        return Ok(infos);
-    };
-    // A point lookup costs a few microseconds; stepping an iterator over a
-    // record, a tenth of that. When the ids are a large share of all refs
-    // records (re-importing a VMI into a store that holds few others), one
-    // pass over the key range beats a MultiGet.
-    let records = store
-        .db()
-        .property_int_value_cf(cf, "rocksdb.estimate-num-keys")?
-        .unwrap_or(u64::MAX);
-    if (ids.len() as u64).saturating_mul(4) >= records {
-        let mut wanted = ids.iter().peekable();
-        let from = IteratorMode::From(first.as_bytes(), Direction::Forward);
-        for item in store.db().iterator_cf(cf, from) {
-            let (key, value) = item?;
-            if key.as_ref() > last.as_bytes().as_slice() {
-                break;
-            }
-            while wanted
-                .next_if(|id| id.as_bytes().as_slice() < key.as_ref())
-                .is_some()
-            {}
-            if let Some(id) = wanted.next_if(|id| id.as_bytes().as_slice() == key.as_ref()) {
-                infos.insert(*id, ChunkInfo::decode(&value)?);
-            }
-        }
-        return Ok(infos);
-    }
-    let found = store
-        .db()
-        .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), true);
-    for (id, value) in ids.iter().zip(found) {
-        if let Some(value) = value? {
-            infos.insert(*id, ChunkInfo::decode(&value)?);
-        }
-    }
-    Ok(infos)
 }
 
 #[cfg(test)]
@@ -364,7 +313,7 @@ pub(crate) mod tests {
         for take in [7, stored.len()] {
             let mut ids: Vec<ChunkId> = stored[..take].to_vec();
             ids.extend(&absent);
-            let found = chunk_infos_of(&store, ids).unwrap();
+            let found = store.chunk_infos_of(ids).unwrap();
             assert_eq!(found.len(), take);
             for id in &stored[..take] {
                 assert_eq!(found[id], store.chunk_info(id).unwrap().unwrap());

@@ -6,11 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rocksdb::WriteBatch;
-
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
-use crate::store::{ChunkInfo, Store, CF_MANIFESTS, CF_REFS};
+use crate::store::{Batch, ChunkInfo, Store};
 use crate::{Error, Result};
 
 /// How each chunk's refcount changes when one name's manifest goes from
@@ -56,14 +54,13 @@ impl ManifestChanges {
     /// than the store's, e.g. chunks written in this batch's run); the rest
     /// are read here, and `known` is updated with the new counts. The
     /// caller holds the write lock until the batch is written.
-    pub fn batch(
+    pub fn batch<'s>(
         &self,
-        store: &Store,
+        store: &'s Store,
         known: &mut HashMap<ChunkId, ChunkInfo>,
-    ) -> Result<WriteBatch> {
+    ) -> Result<Batch<'s>> {
         let mut change: HashMap<ChunkId, i64> = HashMap::new();
-        let manifests_cf = store.cf(CF_MANIFESTS)?;
-        let mut batch = WriteBatch::default();
+        let mut batch = store.batch();
         for (name, new) in &self.by_name {
             let old = match store.manifest(name) {
                 Ok(old) => Some(old),
@@ -72,11 +69,10 @@ impl ManifestChanges {
             };
             delta(old.as_ref(), new.as_ref(), &mut change);
             match new {
-                Some(manifest) => batch.put_cf(manifests_cf, name.as_bytes(), manifest.encode()),
-                None => batch.delete_cf(manifests_cf, name.as_bytes()),
+                Some(manifest) => batch.put_manifest(name, manifest)?,
+                None => batch.delete_manifest(name)?,
             }
         }
-        let refs_cf = store.cf(CF_REFS)?;
         for (id, change) in change {
             if change == 0 {
                 continue;
@@ -90,7 +86,7 @@ impl ManifestChanges {
             info.refs = info.refs.checked_add_signed(change).ok_or_else(|| {
                 Error::CorruptStore(format!("refcount of chunk {id} would go below zero"))
             })?;
-            batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+            batch.put_refs(&id, &info)?;
             known.insert(id, info);
         }
         Ok(batch)

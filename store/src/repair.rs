@@ -9,7 +9,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use rocksdb::WriteBatch;
 use serde::Serialize;
 
 use crate::id::{ChunkId, FileIdentity};
@@ -228,7 +227,7 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
     // chunks only they locate: then only damaged packs are deleted.
     let every_ref_read = scan.gap.is_none();
     let mut infos: HashMap<ChunkId, ChunkInfo> = scan.infos.into_iter().collect();
-    let mut batch = WriteBatch::default();
+    let mut batch = store.batch();
     // A damaged block of `refs` fails every scan and compaction until its
     // table file is gone: write back what can be read of the file's range
     // (in-use records read alone too, as verify does), then drop the file.
@@ -249,10 +248,10 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
         }
     }
     for range in &tables {
-        store.delete_keys(&mut batch, CF_REFS, range)?;
+        batch.delete_range(CF_REFS, range)?;
         for (id, info) in &infos {
             if (&range.0[..]..=&range.1[..]).contains(&&id.as_bytes()[..]) {
-                batch.put_cf(store.cf(CF_REFS)?, id.as_bytes(), info.encode());
+                batch.put_refs(id, info)?;
             }
         }
     }
@@ -266,19 +265,18 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
             *count = count.saturating_sub(1);
         }
     };
-    let (packs_cf, refs_cf) = (store.cf(CF_PACKS)?, store.cf(CF_REFS)?);
     for (id, refs) in &fix.refcounts {
         if let Some(info) = infos.get(id) {
             let info = ChunkInfo {
                 refs: *refs,
                 ..*info
             };
-            batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+            batch.put_refs(id, &info)?;
         }
     }
     for id in &fix.dropped {
         move_out(id);
-        batch.delete_cf(refs_cf, id.as_bytes());
+        batch.delete_refs(id)?;
     }
     let mut chunks = Vec::with_capacity(fix.rebuilt.len());
     for (id, raw, refs) in &fix.rebuilt {
@@ -291,16 +289,16 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
     }
     for (id, place, refs) in &fix.relocated {
         if let Some(info) = store.locate(place.pack, place.offset, *refs)? {
-            batch.put_cf(refs_cf, id.as_bytes(), info.encode());
+            batch.put_refs(id, &info)?;
             *remaining.entry(place.pack).or_default() += 1;
         }
     }
     let packs = store.build_packs(&chunks);
-    store.put_packs(&mut batch, &packs)?;
+    batch.put_packs(&packs)?;
     let mut deleted = HashSet::new();
     for (pack, count) in remaining {
         if count == 0 && (every_ref_read || fix.damaged_packs.contains(&pack)) {
-            batch.delete_cf(packs_cf, pack_key(pack));
+            batch.delete_pack(pack)?;
             deleted.insert(pack);
         }
     }

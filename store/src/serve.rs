@@ -27,7 +27,6 @@ use serde::Serialize;
 use crate::cache::{CacheStats, ChunkCache};
 use crate::files::{images_dir, metadata_in, open_file_in};
 use crate::id::{ChunkId, ManifestHash};
-use crate::import::chunk_infos_of;
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
@@ -573,7 +572,10 @@ impl ImageServer {
                 .collect();
             // A missing chunk is left to the read path, which counts it and
             // serves the file.
-            let infos = chunk_infos_of(&self.store, wanted.clone()).unwrap_or_default();
+            let infos = self
+                .store
+                .chunk_infos_of(wanted.clone())
+                .unwrap_or_default();
             let mut packs = Vec::new();
             for info in wanted.iter().filter_map(|id| infos.get(id)) {
                 if packs_done.insert(info.pack) {

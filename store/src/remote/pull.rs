@@ -14,7 +14,7 @@ use super::lock::LockKind;
 use super::{chunk_key, current_versions, decode_manifest_object, ManifestVersion, Remote};
 use crate::codec::decode_chunk;
 use crate::id::ChunkId;
-use crate::import::{chunk_infos_of, new_packs_batch, register_manifests, ImportReport};
+use crate::import::{new_packs_batch, register_manifests, ImportReport};
 use crate::manifest::Manifest;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -103,7 +103,7 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     // From here to the registration, a local gc must not take the chunks
     // this pull relies on.
     let _guard = store.write_lock();
-    let mut known = chunk_infos_of(store, raw_len.keys().copied().collect())?;
+    let mut known = store.chunk_infos_of(raw_len.keys().copied().collect())?;
     let mut missing: Vec<ChunkId> = Vec::new();
     for id in first_use {
         if known.contains_key(&id) {

@@ -13,7 +13,6 @@ use super::lock::LockKind;
 use super::{chunk_key, current_versions, encode_manifest_object, manifest_key, Remote};
 use crate::codec::encode_chunk;
 use crate::id::{ChunkId, ManifestHash};
-use crate::import::chunk_infos_of;
 use crate::manifest::Manifest;
 use crate::store::Store;
 use crate::{Error, Result};
@@ -70,7 +69,7 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
             None => missing.push(id),
         }
     }
-    let infos = chunk_infos_of(store, missing.clone())?;
+    let infos = store.chunk_infos_of(missing.clone())?;
     // In pack order, so each pack is decoded once.
     missing.sort_by_key(|id| infos.get(id).map(|i| (i.pack, i.offset)));
     let total: u64 = infos.values().map(|i| u64::from(i.stored_len)).sum();

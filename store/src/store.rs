@@ -279,14 +279,16 @@ pub struct Store {
     packs: Mutex<lru::LruCache<u64, Arc<Pack>>>,
     /// Where a secondary instance keeps its own logs; removed on drop.
     secondary_dir: Option<PathBuf>,
+    /// A writer's hold on the one-writer lock ([`lock_writer`]).
+    _writer: Option<fs::File>,
 }
 
 /// How a process holds the store. RocksDB lets one process write; a mount
 /// follows the writer as a secondary, so `import`, `rm` and `gc` run as
 /// ordinary commands beside it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Access {
-    Write,
+    /// With the one-writer lock if the caller holds it already.
+    Write(Option<fs::File>),
     ReadOnly,
     Secondary,
 }
@@ -298,23 +300,20 @@ impl Store {
     ///
     /// `path` must be a store, an empty directory or nothing: a directory
     /// that holds other files is refused, never written into, and an
-    /// existing directory keeps its mode. Creation happens under an
-    /// exclusive `flock` of the directory, so two first imports do not
-    /// race (the second waits, then opens what the first made), and a
-    /// creation that stopped before the config record was written is
+    /// existing directory keeps its mode. Creation happens under the
+    /// one-writer lock, so two first imports do not race (the second is
+    /// told the store is busy, waits, then opens what the first made), and
+    /// a creation that stopped before the config record was written is
     /// finished by the next one.
     pub fn open_or_create(path: &Path, config: Option<StoreConfig>) -> Result<Self> {
         if let Some(config) = &config {
             config.chunking.validate()?;
         }
         prepare_store_dir(path)?;
-        let dir = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: flock on a descriptor we own; released when `dir` drops.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(path, std::io::Error::last_os_error()));
-        }
+        let writer = lock_writer(path)?;
+        let held = || writer.try_clone().map_err(|e| Error::io(path, e));
         let opened = match is_store(path)? {
-            true => Self::open_with(path, Access::Write),
+            true => Self::open_with(path, Access::Write(Some(held()?))),
             false => {
                 refuse_foreign_files(path)?;
                 Err(Error::UnfinishedStore(path.to_path_buf()))
@@ -323,11 +322,10 @@ impl Store {
         let store = match opened {
             Err(Error::UnfinishedStore(_)) => {
                 finish_creation(path, config.clone().unwrap_or_default())?;
-                Self::open_with(path, Access::Write)?
+                Self::open_with(path, Access::Write(Some(held()?)))?
             }
             other => other?,
         };
-        drop(dir);
         if let Some(wanted) = config {
             if wanted != store.config {
                 return Err(Error::StoreConfig {
@@ -342,10 +340,10 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing store for reading and writing. Only one process can
-    /// do this at a time (RocksDB's lock).
+    /// Opens an existing store for reading and writing. Only one can at a
+    /// time: another gets [`Error::Busy`].
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Access::Write)
+        Self::open_with(path, Access::Write(None))
     }
 
     /// Opens an existing store read-only: works while another process (a
@@ -375,9 +373,15 @@ impl Store {
         require_store(path)?;
         let mut opts = db_options(false);
         let mut secondary_dir = None;
+        let mut writer = None;
         let db = match access {
-            Access::Write => DB::open_cf_descriptors(&opts, path, cf_descriptors())
-                .map_err(|e| busy_or(path, e))?,
+            Access::Write(held) => {
+                writer = Some(match held {
+                    Some(lock) => lock,
+                    None => lock_writer(path)?,
+                });
+                DB::open_cf_descriptors(&opts, path, cf_descriptors())?
+            }
             Access::ReadOnly => {
                 DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
             }
@@ -444,6 +448,7 @@ impl Store {
                 NonZeroUsize::new(PACK_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
             secondary_dir,
+            _writer: writer,
         })
     }
 
@@ -1101,8 +1106,7 @@ fn refuse_foreign_files(path: &Path) -> Result<()> {
 /// config of a database whose creation stopped before it: only if it holds
 /// nothing else, so no data is ever re-labelled with another chunking.
 fn finish_creation(path: &Path, config: StoreConfig) -> Result<()> {
-    let db = DB::open_cf_descriptors(&db_options(true), path, cf_descriptors())
-        .map_err(|e| busy_or(path, e))?;
+    let db = DB::open_cf_descriptors(&db_options(true), path, cf_descriptors())?;
     let meta = db
         .cf_handle(CF_META)
         .ok_or_else(|| Error::CorruptStore("no meta".into()))?;
@@ -1137,23 +1141,35 @@ fn require_store(path: &Path) -> Result<()> {
     })
 }
 
-/// RocksDB reports a held `LOCK` file as an I/O error; name it for what it
-/// is, so a caller can wait for the other writer instead of failing.
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
         Error::Db(e.into_string())
     }
 }
 
-fn busy_or(path: &Path, e: rocksdb::Error) -> Error {
-    let msg = e.to_string();
-    if msg.contains("LOCK")
-        && (msg.contains("Resource temporarily unavailable") || msg.contains("lock hold"))
-    {
-        Error::Busy(path.to_path_buf())
-    } else {
-        Error::from(e)
+/// The one-writer lock: an exclusive `flock` of the store directory, held
+/// by a writer for as long as it has the store open, and while a store is
+/// made. Taken without waiting: a held lock is [`Error::Busy`], which the
+/// CLI waits on. (RocksDB's own `LOCK` would say the same, but only in its
+/// message text.)
+fn lock_writer(path: &Path) -> Result<fs::File> {
+    let dir = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: flock on a descriptor we own; released when the last
+    // descriptor of this open file closes.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if locked != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::Busy(path.to_path_buf()),
+            _ => Error::io(path, e),
+        });
     }
+    Ok(dir)
 }
 
 fn db_options(create: bool) -> Options {

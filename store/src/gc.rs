@@ -27,7 +27,6 @@ pub fn remove(store: &Store, names: &[String]) -> Result<()> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcPlan {
     /// Chunks no manifest references.
-    #[serde(serialize_with = "hex_ids")]
     pub chunks: Vec<ChunkId>,
     pub raw_bytes: u64,
     /// The deleted chunks' share of their packs' stored bytes: about what
@@ -36,12 +35,11 @@ pub struct GcPlan {
     pub stored_bytes: u64,
 }
 
-/// Serializes chunk ids as hex strings (gc plans, local and remote).
-pub(crate) fn hex_ids<S: serde::Serializer>(
-    ids: &[ChunkId],
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_seq(ids.iter().map(ChunkId::to_hex))
+/// A chunk id in reports (gc plans, verify's problems) is its hex name.
+impl Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
 }
 
 pub fn plan_gc(store: &Store) -> Result<GcPlan> {

@@ -16,23 +16,23 @@ use crate::manifest::Manifest;
 use crate::name::validate_name;
 use crate::store::{pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
 use crate::verify::{Place, Problem, VerifyReport};
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RepairReport {
     /// (chunk, the VMI whose file it was rebuilt from)
-    pub repaired: Vec<(String, String)>,
+    pub repaired: Vec<(ChunkId, String)>,
     /// (chunk, why no VMI could rebuild it)
-    pub unrepaired: Vec<(String, String)>,
+    pub unrepaired: Vec<(ChunkId, String)>,
     /// Chunks of damaged packs that no VMI uses: garbage, so their refs
     /// records are deleted rather than rebuilt.
-    pub dropped: Vec<String>,
+    pub dropped: Vec<ChunkId>,
     /// (chunk, refcount recorded, refcount written): set to the number of
     /// manifests that use the chunk.
-    pub refcounts_fixed: Vec<(String, u64, u64)>,
+    pub refcounts_fixed: Vec<(ChunkId, u64, u64)>,
     /// (chunk, pack): chunks whose refs records were lost, given new ones
     /// that point at their intact bytes in that pack.
-    pub relocated: Vec<(String, u64)>,
+    pub relocated: Vec<(ChunkId, u64)>,
 }
 
 /// What a repair writes, in one batch.
@@ -64,7 +64,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
         Problem::UnreadableRecords { column_family, .. } => column_family == CF_MANIFESTS,
         _ => false,
     });
-    let mut todo: Vec<(&String, &Vec<String>)> = Vec::new();
+    let mut todo: Vec<(&ChunkId, &Vec<String>)> = Vec::new();
     for problem in &report.problems {
         match problem {
             Problem::CorruptChunk { chunk, used_by, .. } => todo.push((chunk, used_by)),
@@ -76,8 +76,8 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             } => {
                 // Its refcount: the VMIs known to use it (at least 1).
                 let refs = used_by.len() as u64;
-                fix.relocated.push((parse(chunk)?, *place, refs));
-                out.relocated.push((chunk.clone(), place.pack));
+                fix.relocated.push((*chunk, *place, refs));
+                out.relocated.push((*chunk, place.pack));
             }
             Problem::LostRecord { chunk, used_by, .. } => todo.push((chunk, used_by)),
             Problem::MissingChunk { chunk, used_by } => todo.push((chunk, used_by)),
@@ -86,8 +86,8 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
                 for c in chunks {
                     // Garbage, unless an unreadable manifest uses it.
                     if c.used_by.is_empty() && every_manifest_read {
-                        fix.dropped.push(parse(&c.chunk)?);
-                        out.dropped.push(c.chunk.clone());
+                        fix.dropped.push(c.chunk);
+                        out.dropped.push(c.chunk);
                     } else {
                         todo.push((&c.chunk, &c.used_by));
                     }
@@ -101,9 +101,8 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
                 recorded,
                 actual,
             } => {
-                fix.refcounts.push((parse(chunk)?, *actual));
-                out.refcounts_fixed
-                    .push((chunk.clone(), *recorded, *actual));
+                fix.refcounts.push((*chunk, *actual));
+                out.refcounts_fixed.push((*chunk, *recorded, *actual));
             }
             _ => {}
         }
@@ -111,7 +110,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
     // Each VMI file is hashed at most once.
     let mut matches: HashMap<String, std::result::Result<Manifest, String>> = HashMap::new();
     for (chunk, used_by) in todo {
-        let id = parse(chunk)?;
+        let id = *chunk;
         let mut whys = Vec::new();
         let mut done = false;
         for vmi in used_by {
@@ -128,7 +127,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
                     let refs = used_by.len() as u64;
                     fix.rebuilt
                         .push((id, raw, every_manifest_read.then_some(refs)));
-                    out.repaired.push((chunk.clone(), vmi.clone()));
+                    out.repaired.push((*chunk, vmi.clone()));
                     done = true;
                     break;
                 }
@@ -139,17 +138,11 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             if whys.is_empty() {
                 whys.push("no boot image uses it".into());
             }
-            out.unrepaired.push((chunk.clone(), whys.join("; ")));
+            out.unrepaired.push((*chunk, whys.join("; ")));
         }
     }
     rewrite(store, &fix)?;
     Ok(out)
-}
-
-fn parse(chunk: &str) -> Result<ChunkId> {
-    chunk
-        .parse()
-        .map_err(|e: String| Error::CorruptStore(format!("chunk name {e}")))
 }
 
 /// The VMI's manifest, if its file under `images` is the one recorded.

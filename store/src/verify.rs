@@ -18,14 +18,14 @@ use crate::Result;
 pub enum Problem {
     /// A chunk whose bytes do not decode or do not hash to its id.
     CorruptChunk {
-        chunk: String,
+        chunk: ChunkId,
         why: String,
         used_by: Vec<String>,
     },
     /// A chunk in use whose refs record RocksDB cannot read, and where
     /// verify found its bytes intact, if anywhere.
     LostRecord {
-        chunk: String,
+        chunk: ChunkId,
         why: String,
         used_by: Vec<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +33,7 @@ pub enum Problem {
     },
     /// A manifest references a chunk the store does not have.
     MissingChunk {
-        chunk: String,
+        chunk: ChunkId,
         used_by: Vec<String>,
     },
     /// A pack that RocksDB cannot read (a checksum mismatch in its blob
@@ -61,12 +61,12 @@ pub enum Problem {
         why: String,
     },
     RefcountMismatch {
-        chunk: String,
+        chunk: ChunkId,
         recorded: u64,
         actual: u64,
     },
     SizeMismatch {
-        chunk: String,
+        chunk: ChunkId,
         why: String,
     },
     BadManifest {
@@ -90,7 +90,7 @@ pub struct Place {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DamagedChunk {
-    pub chunk: String,
+    pub chunk: ChunkId,
     pub used_by: Vec<String>,
 }
 
@@ -314,17 +314,17 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         pointed_at.insert(info.pack);
         let actual = users.get(id).map_or(0, |u| u.len() as u64);
         let corrupt = |why: String| Problem::CorruptChunk {
-            chunk: id.to_hex(),
+            chunk: *id,
             why,
             used_by: used_by(id),
         };
         match packs.chunk(id, info) {
             Err(Found::NoPack) => report.problems.push(Problem::MissingChunk {
-                chunk: id.to_hex(),
+                chunk: *id,
                 used_by: used_by(id),
             }),
             Err(Found::BadPack) => damaged.entry(info.pack).or_default().push(DamagedChunk {
-                chunk: id.to_hex(),
+                chunk: *id,
                 used_by: used_by(id),
             }),
             Err(Found::NotThere) => report.problems.push(corrupt(format!(
@@ -336,7 +336,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
                 check_sizes(id, raw_len, info, expected_len.get(id), &mut report);
                 if info.refs != actual && every_manifest_read {
                     report.problems.push(Problem::RefcountMismatch {
-                        chunk: id.to_hex(),
+                        chunk: *id,
                         recorded: info.refs,
                         actual,
                     });
@@ -345,7 +345,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         }
     }
     for (pack, mut chunks) in damaged {
-        chunks.sort_by(|a, b| a.chunk.cmp(&b.chunk));
+        chunks.sort_by_key(|c| c.chunk);
         let why = packs.bad.get(&pack).cloned().unwrap_or_default();
         report
             .problems
@@ -367,7 +367,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     }
     for (id, why) in &unreadable_refs {
         report.problems.push(Problem::LostRecord {
-            chunk: id.to_hex(),
+            chunk: *id,
             why: why.clone(),
             used_by: used_by(id),
             intact_in: intact.get(id).copied(),
@@ -376,7 +376,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     for (id, names) in &users {
         if !infos.contains_key(id) && !unreadable_refs.contains_key(id) {
             report.problems.push(Problem::MissingChunk {
-                chunk: id.to_hex(),
+                chunk: *id,
                 used_by: names.clone(),
             });
         }
@@ -489,7 +489,7 @@ fn check_sizes(
     }
     if !why.is_empty() {
         report.problems.push(Problem::SizeMismatch {
-            chunk: id.to_hex(),
+            chunk: *id,
             why: why.join("; "),
         });
     }

@@ -22,7 +22,6 @@ pub struct RemoteGcPlan {
     /// Chunks some manifest references.
     pub referenced_chunks: u64,
     /// Unreferenced chunks older than the grace period: to delete.
-    #[serde(serialize_with = "crate::gc::hex_ids")]
     pub chunks: Vec<ChunkId>,
     pub bytes: u64,
     /// Unreferenced chunks kept because they are younger than the grace.

@@ -42,6 +42,8 @@ pub struct OpenImage {
     size: u64,
     version: FileVersion,
     index: Option<Arc<ManifestIndex>>,
+    /// The hash of `index`'s manifest, computed once at open.
+    index_hash: Option<ManifestHash>,
 }
 
 impl OpenImage {
@@ -211,10 +213,14 @@ impl ImageServer {
         }
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let version = FileVersion::of(&meta);
+        let mut index_hash = None;
         let index = match self.store.manifest(name) {
             Ok(manifest) => match self.checked(name, version, &manifest) {
-                Checked::Matches => Some(Arc::new(ManifestIndex::new(manifest))),
-                Checked::Differs => {
+                (Checked::Matches, hash) => {
+                    index_hash = Some(hash);
+                    Some(Arc::new(ManifestIndex::new(manifest)))
+                }
+                (Checked::Differs, _) => {
                     self.counters
                         .identity_mismatches
                         .fetch_add(1, Ordering::Relaxed);
@@ -225,11 +231,11 @@ impl ImageServer {
                     );
                     None
                 }
-                Checked::Unknown => {
+                (Checked::Unknown, hash) => {
                     self.counters
                         .unverified_opens
                         .fetch_add(1, Ordering::Relaxed);
-                    self.check_in_background(name, version, manifest);
+                    self.check_in_background(name, version, manifest, hash);
                     None
                 }
             },
@@ -242,6 +248,7 @@ impl ImageServer {
             size: meta.len(),
             version,
             index,
+            index_hash,
         })
     }
 
@@ -262,26 +269,39 @@ impl ImageServer {
     }
 
     /// What is known of `manifest` against this version of file `name`.
-    fn checked(&self, name: &str, version: FileVersion, manifest: &Manifest) -> Checked {
+    /// Also returns the manifest's hash, so callers compute it once (it
+    /// encodes and hashes the whole manifest).
+    fn checked(
+        &self,
+        name: &str,
+        version: FileVersion,
+        manifest: &Manifest,
+    ) -> (Checked, ManifestHash) {
+        let hash = manifest.hash();
         if version.size() != manifest.file_size {
-            return Checked::Differs;
+            return (Checked::Differs, hash);
         }
-        let key = (version, manifest.hash());
         let mut trust = lock(&self.trust);
         trust.current.insert(name.to_string(), version);
-        if trust.verified.contains(key.0, key.1) {
+        let checked = if trust.verified.contains(version, hash) {
             Checked::Matches
-        } else if trust.mismatched.contains(&key) {
+        } else if trust.mismatched.contains(&(version, hash)) {
             Checked::Differs
         } else {
             Checked::Unknown
-        }
+        };
+        (checked, hash)
     }
 
     /// Queues a check of `manifest` against file `name` at `version`,
     /// unless one is queued or running.
-    fn check_in_background(&self, name: &str, version: FileVersion, manifest: Manifest) {
-        let hash = manifest.hash();
+    fn check_in_background(
+        &self,
+        name: &str,
+        version: FileVersion,
+        manifest: Manifest,
+        hash: ManifestHash,
+    ) {
         if !lock(&self.trust).pending.insert((version, hash)) {
             return;
         }
@@ -315,10 +335,9 @@ impl ImageServer {
         let version = FileVersion::of(&file.metadata().map_err(|e| Error::io(&path, e))?);
         drop(file);
         match self.checked(name, version, &manifest) {
-            Checked::Matches => Ok((true, false)),
-            Checked::Differs => Ok((false, false)),
-            Checked::Unknown => {
-                let hash = manifest.hash();
+            (Checked::Matches, _) => Ok((true, false)),
+            (Checked::Differs, _) => Ok((false, false)),
+            (Checked::Unknown, hash) => {
                 lock(&self.trust).pending.insert((version, hash));
                 let matches = check(&self.trust, &self.images, name, version, &manifest, hash)?;
                 Ok((matches, true))
@@ -536,10 +555,9 @@ impl ImageServer {
     /// Starts loading `image`'s boot image into the cache on the
     /// background pool, unless that boot image was loaded already.
     pub fn preload_once(self: &Arc<Self>, image: &OpenImage) {
-        let Some(index) = image.boot_image() else {
+        let (Some(index), Some(hash)) = (image.boot_image(), image.index_hash) else {
             return;
         };
-        let hash = index.manifest().hash();
         let first = lock(&self.preloaded).insert(image.name.clone(), hash) != Some(hash);
         if first {
             let (server, index) = (self.clone(), index.clone());

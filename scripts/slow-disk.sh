@@ -75,7 +75,16 @@ down() {
     if mountpoint -q "$dir"; then
         umount "$dir" || umount -l "$dir"
     fi
-    while loop=$(loop_of) && [ -n "$loop" ]; do losetup -d "$loop"; done
+    # The kernel may still be letting go of the device the unmount just
+    # released (detach then fails with ENXIO while losetup -j still lists
+    # it), so retry for a while and judge by what is left at the end.
+    local tries=0
+    while loop=$(loop_of) && [ -n "$loop" ] && [ $tries -lt 50 ]; do
+        losetup -d "$loop" 2>/dev/null || sleep 0.1
+        tries=$((tries + 1))
+    done
+    loop=$(loop_of)
+    [ -z "$loop" ] || die "could not detach $loop from $image"
     if [ -n "$cg" ] && [ -d "$cg" ]; then
         # Processes still in the group go back to the root group first.
         local root=${cg%/*}

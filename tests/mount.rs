@@ -363,6 +363,30 @@ fn import_rm_and_gc_while_mounted() {
     check("late.img", &late_data, 5);
 }
 
+/// A mount started after an `rm` and a compacting `gc` serves the VMIs that
+/// are left from the store. Each import wrote a blob file of its own; gc
+/// dropped the removed VMI's while an older one stayed, and the mount (then
+/// a RocksDB secondary) took the store for one with no VMI in it. Six
+/// imports, so that RocksDB has compacted some before the gc, as in the
+/// demo where this was seen.
+#[test]
+fn a_mount_started_after_rm_and_gc_serves_the_rest_from_the_store() {
+    let env = Env::new();
+    let (images, vmis) = family(&env, 6);
+    env.ok(&["rm", &vmis[1].0]);
+    env.ok(&["gc"]);
+    let mount = serve(&env, &images, &["--preload", "none"]);
+    mount.wait_verified();
+    let status = mount.status();
+    assert_eq!(status["boot_images_verified"], 5, "{status}");
+    for (i, (name, data)) in vmis.iter().enumerate() {
+        let before = mount.status()["bytes_from_store"].as_u64().unwrap();
+        assert_eq!(fs::read(mount.file(name)).unwrap(), *data, "{name}");
+        let after = mount.status()["bytes_from_store"].as_u64().unwrap();
+        assert_eq!(after > before, i != 1, "{name}: served from the store?");
+    }
+}
+
 #[test]
 fn a_changed_vmi_is_served_from_the_file() {
     let env = Env::new();

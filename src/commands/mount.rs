@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use yolo_store_core::{ImageServer, Store};
+use yolo_store_core::{Follower, ImageServer};
 
 use crate::fuse::{check_mount_paths, run_mount, MountOptions, Serve};
 use crate::human;
@@ -64,9 +64,9 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let images = check_mount_paths(&args.images, &args.mountpoint)?;
     let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let store =
-        Store::open_secondary(path).with_context(|| format!("opening store {}", path.display()))?;
+        Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;
     let server = Arc::new(
-        ImageServer::new(Arc::new(store), &images, cache_bytes)
+        ImageServer::new(store, &images, cache_bytes)
             .with_context(|| format!("images directory {}", images.display()))?,
     );
     let backend = Arc::new(Serve::new(server.clone(), args.preload != Preload::None));
@@ -77,7 +77,6 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     );
     let root = server.images_dir().to_path_buf();
     let served = run_mount(backend, root, &args.mountpoint, &args.fuse.options());
-    server.store().remove_secondary_dir();
     served?;
     let stats = server.stats();
     eprintln!(

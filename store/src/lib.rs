@@ -9,6 +9,7 @@ mod codec;
 mod error;
 mod export;
 mod files;
+mod follower;
 mod format;
 mod gc;
 mod id;
@@ -34,6 +35,7 @@ pub use chunking::{Chunking, FASTCDC_VERSION};
 pub use error::{Error, Result};
 pub use export::{export, extract, VmiReader};
 pub use files::{images_dir, list_dir_in, metadata_in, open_file_in, open_regular, EntryKind};
+pub use follower::Follower;
 pub use format::{
     block_count, validate_block_size, BootImage, BootImageWriter, FileHeader, FileImage,
 };

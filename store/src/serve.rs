@@ -26,11 +26,11 @@ use serde::Serialize;
 
 use crate::cache::{CacheStats, ChunkCache};
 use crate::files::{images_dir, metadata_in, open_file_in};
+use crate::follower::Follower;
 use crate::id::{ChunkId, ManifestHash};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
-use crate::store::Store;
 use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
 
@@ -84,7 +84,7 @@ pub enum PageCache {
 }
 
 pub struct ImageServer {
-    store: Arc<Store>,
+    store: Follower,
     images: PathBuf,
     cache: ChunkCache,
     trust: Arc<Mutex<Trust>>,
@@ -165,7 +165,7 @@ pub struct ServeStats {
 }
 
 impl ImageServer {
-    pub fn new(store: Arc<Store>, images: &Path, cache_bytes: usize) -> Result<Self> {
+    pub fn new(store: Follower, images: &Path, cache_bytes: usize) -> Result<Self> {
         let images = images_dir(images)?;
         let background = rayon::ThreadPoolBuilder::new()
             .num_threads(BACKGROUND_THREADS)
@@ -192,10 +192,6 @@ impl ImageServer {
         })
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     pub fn images_dir(&self) -> &Path {
         &self.images
     }
@@ -208,13 +204,14 @@ impl ImageServer {
     pub fn open(&self, name: &str) -> Result<OpenImage> {
         let (file, path) = open_image_file(&self.images, name)?;
         // See what `import`, `rm` and `gc` committed since the last open.
-        if let Err(e) = self.store.catch_up() {
+        let store = self.store.catch_up().unwrap_or_else(|e| {
             self.warn_once(name, "could not catch up with the store: ", e);
-        }
+            self.store.current()
+        });
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let version = FileVersion::of(&meta);
         let mut index_hash = None;
-        let index = match self.store.manifest(name) {
+        let index = match store.manifest(name) {
             Ok(manifest) => match self.checked(name, version, &manifest) {
                 (Checked::Matches, hash) => {
                     index_hash = Some(hash);
@@ -326,7 +323,7 @@ impl ImageServer {
     /// [`Self::verify_boot_image`] without keeping the result on disk:
     /// whether the boot image serves, and whether the file was read for it.
     fn check_now(&self, name: &str) -> Result<(bool, bool)> {
-        let manifest = match self.store.manifest(name) {
+        let manifest = match self.store.current().manifest(name) {
             Ok(manifest) => manifest,
             Err(Error::UnknownVmi(_)) => return Ok((false, false)),
             Err(e) => return Err(e),
@@ -352,6 +349,7 @@ impl ImageServer {
         // Only regular files: a FIFO under a VMI's name is no VMI.
         let names: Vec<String> = self
             .store
+            .current()
             .names()?
             .into_iter()
             .filter(|name| metadata_in(&self.images, name).is_ok_and(|m| m.is_file()))
@@ -523,11 +521,8 @@ impl ImageServer {
     /// last caught up with the writer: catch up and try once more. A
     /// corrupt one is final.
     fn load_pack_of(&self, id: &ChunkId) -> Result<(u32, Arc<Pack>)> {
-        let found = match self.store.pack_of(id) {
-            Err(Error::MissingChunk { .. } | Error::Db(_)) => {
-                self.store.catch_up()?;
-                self.store.pack_of(id)
-            }
+        let found = match self.store.current().pack_of(id) {
+            Err(Error::MissingChunk { .. } | Error::Db(_)) => self.store.catch_up()?.pack_of(id),
             other => other,
         };
         found.map(|(info, pack)| (info.offset, pack))
@@ -590,18 +585,17 @@ impl ImageServer {
                 .collect();
             // A missing chunk is left to the read path, which counts it and
             // serves the file.
-            let infos = self
-                .store
-                .chunk_infos_of(wanted.clone())
-                .unwrap_or_default();
+            // Where the chunks are and the packs themselves, from one view.
+            let store = self.store.current();
+            let infos = store.chunk_infos_of(wanted.clone()).unwrap_or_default();
             let mut packs = Vec::new();
             for info in wanted.iter().filter_map(|id| infos.get(id)) {
                 if packs_done.insert(info.pack) {
                     packs.push(info.pack);
                 }
             }
-            let max_chunk = self.store.config().chunking.max_len();
-            if let Ok(values) = self.store.read_encoded_packs(&packs) {
+            let max_chunk = store.config().chunking.max_len();
+            if let Ok(values) = store.read_encoded_packs(&packs) {
                 values.into_par_iter().flatten().for_each(|value| {
                     // A corrupt pack or chunk is left to the read path too.
                     if let Ok(pack) = decode_pack(&value, max_chunk) {
@@ -742,9 +736,11 @@ mod tests {
                 data: block_data,
             }],
         };
-        let store = Store::open_or_create(&dir.path().join("store"), None).unwrap();
+        let path = dir.path().join("store");
+        let store = crate::Store::open_or_create(&path, None).unwrap();
         import(&store, &image, &ImportOptions::default()).unwrap();
-        let server = ImageServer::new(Arc::new(store), &images, cache).unwrap();
+        drop(store);
+        let server = ImageServer::new(Follower::open(&path).unwrap(), &images, cache).unwrap();
         server.verify_boot_image("vmi").unwrap();
         (dir, server)
     }

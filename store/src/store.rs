@@ -45,8 +45,6 @@ const NEXT_PACK_KEY: &[u8] = b"next_pack";
 /// Decoded packs `read_chunk` keeps, so reading a boot image's chunks in
 /// order decodes each pack once.
 const PACK_CACHE: usize = 16;
-/// Subdirectory of the store where each secondary (mount) keeps its logs.
-const SECONDARY_DIR: &str = "secondaries";
 pub const STORE_FORMAT: u32 = 2;
 
 /// What a store was created with. Never changes afterwards: the chunking
@@ -277,20 +275,20 @@ pub struct Store {
     write_lock: Mutex<()>,
     next_pack: AtomicU64,
     packs: Mutex<lru::LruCache<u64, Arc<Pack>>>,
-    /// Where a secondary instance keeps its own logs; removed on drop.
-    secondary_dir: Option<PathBuf>,
     /// A writer's hold on the one-writer lock ([`lock_writer`]).
     _writer: Option<fs::File>,
 }
 
 /// How a process holds the store. RocksDB lets one process write; a mount
-/// follows the writer as a secondary, so `import`, `rm` and `gc` run as
-/// ordinary commands beside it.
-enum Access {
+/// follows the writers through read-only opens ([`crate::Follower`]), so
+/// `import`, `rm` and `gc` run as ordinary commands beside it.
+pub(crate) enum Access {
     /// With the one-writer lock if the caller holds it already.
     Write(Option<fs::File>),
     ReadOnly,
-    Secondary,
+    /// Read-only, every table file opened at once: one the writer deletes
+    /// later (compaction, gc) stays readable until the follower reopens.
+    Follow,
 }
 
 impl Store {
@@ -352,27 +350,9 @@ impl Store {
         Self::open_with(path, Access::ReadOnly)
     }
 
-    /// Opens an existing store as a RocksDB secondary: it never takes the
-    /// writer's lock, and [`Store::catch_up`] brings it up to date with what
-    /// writers have committed since. This is how a mount follows imports,
-    /// removals and gc without unmounting.
-    pub fn open_secondary(path: &Path) -> Result<Self> {
-        Self::open_with(path, Access::Secondary)
-    }
-
-    /// For a secondary: replays what writers committed since the last call.
-    /// A no-op for the other kinds of access.
-    pub fn catch_up(&self) -> Result<()> {
-        if self.secondary_dir.is_some() {
-            self.db.try_catch_up_with_primary()?;
-        }
-        Ok(())
-    }
-
-    fn open_with(path: &Path, access: Access) -> Result<Self> {
+    pub(crate) fn open_with(path: &Path, access: Access) -> Result<Self> {
         require_store(path)?;
         let mut opts = db_options(false);
-        let mut secondary_dir = None;
         let mut writer = None;
         let db = match access {
             Access::Write(held) => {
@@ -385,22 +365,9 @@ impl Store {
             Access::ReadOnly => {
                 DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
             }
-            Access::Secondary => {
-                // Keep every table file open once seen, so a file the writer
-                // deletes (compaction, gc) stays readable until we catch up.
+            Access::Follow => {
                 opts.set_max_open_files(-1);
-                remove_dead_secondaries(&path.join(SECONDARY_DIR));
-                let dir = path
-                    .join(SECONDARY_DIR)
-                    .join(std::process::id().to_string());
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(|e| Error::io(&dir, e))?;
-                let db = DB::open_cf_descriptors_as_secondary(&opts, path, &dir, cf_descriptors())?;
-                secondary_dir = Some(dir);
-                db
+                DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
             }
         };
         let meta = db
@@ -447,7 +414,6 @@ impl Store {
             packs: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(PACK_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
-            secondary_dir,
             _writer: writer,
         })
     }
@@ -999,47 +965,6 @@ impl Store {
         self.db
             .set_options_cf(chunks, &[("blob_garbage_collection_age_cutoff", "0.25")])?;
         Ok(())
-    }
-}
-
-impl Store {
-    /// For a secondary: removes its log directory now. A process that ends
-    /// while a background thread still holds the store never runs `Drop`,
-    /// so a mount calls this on its way out, whether it served or failed.
-    pub fn remove_secondary_dir(&self) {
-        if let Some(dir) = &self.secondary_dir {
-            let _ = fs::remove_dir_all(dir);
-        }
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.remove_secondary_dir();
-    }
-}
-
-/// Removes the logs of secondaries (mounts) whose process is gone: a mount
-/// killed with SIGKILL, or one that failed to start, never ran its `Drop`.
-fn remove_dead_secondaries(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<libc::pid_t>().ok())
-            .filter(|&pid| pid > 0)
-        else {
-            continue;
-        };
-        // SAFETY: signal 0 only asks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
-            let _ = fs::remove_dir_all(entry.path());
-        }
     }
 }
 

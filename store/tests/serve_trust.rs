@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use yolo_store_core::{
-    import, BootImage, FileHeader, FileIdentity, FileImage, ImageServer, ImportOptions, Store,
+    import, BootImage, FileHeader, FileIdentity, FileImage, Follower, ImageServer, ImportOptions,
+    Store,
 };
 
 fn content(len: usize, seed: u8) -> Vec<u8> {
@@ -66,7 +67,7 @@ fn a_boot_image_that_copies_a_files_identity_but_not_its_blocks_is_never_served(
     import_image(&store, "vmi", data.len() as u64, genuine, &[3, 1, 4], |b| {
         block_of(&data, b).iter().map(|x| x ^ 0x5A).collect()
     });
-    let server = ImageServer::new(Arc::new(store), &images, 1 << 20).unwrap();
+    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
     let _ = server.verify_boot_image("vmi");
     for _ in 0..2 {
         let image = server.open("vmi").unwrap();
@@ -92,7 +93,7 @@ fn checking_a_file_that_is_truncated_meanwhile_does_not_kill_the_server() {
         &[0, 9_000, 100_000],
         |_| zero.clone(),
     );
-    let server = ImageServer::new(Arc::new(store), &images, 1 << 20).unwrap();
+    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let truncator = {
         let stop = stop.clone();
@@ -137,7 +138,7 @@ fn opening_many_new_files_does_not_take_a_thread_each() {
             |_| zero.clone(),
         );
     }
-    let server = ImageServer::new(Arc::new(store), &images, 1 << 20).unwrap();
+    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
     let before = threads();
     let mut most = before;
     for i in 0..files {
@@ -154,8 +155,8 @@ fn opening_many_new_files_does_not_take_a_thread_each() {
 
 /// A server over `dir`'s store and images, as a mount that (re)starts.
 fn start(dir: &Path) -> ImageServer {
-    let store = Store::open_read_only(&dir.join("store")).unwrap();
-    ImageServer::new(Arc::new(store), &dir.join("images"), 1 << 20).unwrap()
+    let store = Follower::open(&dir.join("store")).unwrap();
+    ImageServer::new(store, &dir.join("images"), 1 << 20).unwrap()
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    capture, export, extract, gc, import, init, ls, mount, pull, push, record, rm, stats, status,
-    verify,
+    capture, export, extract, gc, handoff, import, init, ls, mount, pull, push, record, rm, stats,
+    status, verify,
 };
 
 /// Where the store lives unless --store or YOLO_STORE says otherwise: a
@@ -93,4 +93,7 @@ pub enum Command {
     Record(record::Args),
     /// Print the counters of a running mount.
     Status(status::Args),
+    /// Switch a running QEMU's backing file from the mount to the plain
+    /// file (after boot, the VM no longer needs its boot image).
+    Handoff(handoff::Args),
 }

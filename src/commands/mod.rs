@@ -15,6 +15,7 @@ pub mod capture;
 pub mod export;
 pub mod extract;
 pub mod gc;
+pub mod handoff;
 pub mod import;
 pub mod init;
 pub mod ls;
@@ -56,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(w) => mount::run(&w.store.path(before), w.args),
         Command::Record(args) => record::run(args),
         Command::Status(args) => status::run(args),
+        Command::Handoff(args) => handoff::run(args),
     }
 }
 

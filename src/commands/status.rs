@@ -44,14 +44,56 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Whether device `dev` is a mounted yolo-store filesystem.
 fn is_yolo_mount(dev: u64) -> anyhow::Result<bool> {
+    Ok(yolo_mount_point(dev)?.is_some())
+}
+
+/// Where device `dev` is mounted, if it is a yolo-store filesystem.
+pub fn yolo_mount_point(dev: u64) -> anyhow::Result<Option<PathBuf>> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
     // Fields: id parent MAJOR:MINOR root point options [optional...] - FSTYPE SOURCE super
-    Ok(mountinfo.lines().any(|line| {
-        let device = line.split(' ').nth(2);
+    Ok(mountinfo.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let device = fields.nth(2);
+        let point = fields.nth(1)?;
         let mut tail = line.split(" - ").nth(1).unwrap_or("").split(' ');
         let (fstype, source) = (tail.next().unwrap_or(""), tail.next());
-        device == Some(wanted.as_str()) && FSTYPES.contains(&fstype) && source == Some(SOURCE)
+        (device == Some(wanted.as_str()) && FSTYPES.contains(&fstype) && source == Some(SOURCE))
+            .then(|| PathBuf::from(unescape_octal(point)))
     }))
+}
+
+/// mountinfo writes a space, tab, newline and backslash in a path as `\ooo`.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(super::unescape_octal(r"/mnt/a\040b\134c"), r"/mnt/a b\c");
+        assert_eq!(super::unescape_octal(r"/plain\9"), r"/plain\9");
+    }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use fuser::{
     Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, Request,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 pub use inodes::STATUS_FILE;
@@ -30,11 +30,17 @@ pub use session::{check_mount_paths, run_mount, MountOptions};
 
 use attr::{attr_of, status_attr};
 use inodes::{Inodes, STATUS_INO};
-use yolo_store_core::{list_dir_in, metadata_in, EntryKind};
+use yolo_store_core::{list_dir_in, metadata_in, EntryKind, FileVersion};
 
 /// How long the kernel may cache names and attributes: VMIs do not change
 /// under a running VM, and a second is short enough for an operator.
 const TTL: Duration = Duration::from_secs(1);
+
+/// The extended attribute that names the file a mount serves under a path:
+/// its [`FileVersion`] in the images directory (`DEV INO SIZE MTIME_NS
+/// CTIME_NS`). `handoff` checks with it that the plain file it switches a
+/// VM to is the very file the VM was reading through the mount.
+pub const SOURCE_XATTR: &str = "user.yolo-store.source";
 
 /// What a mount does with files: serve them, or record their reads.
 pub trait Backend: Send + Sync + 'static {
@@ -265,6 +271,28 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             }
         }
         reply.ok();
+    }
+
+    /// Only [`SOURCE_XATTR`], on regular files; every other name has no
+    /// value (ENODATA), as on a filesystem without extended attributes.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name != SOURCE_XATTR || ino.0 == STATUS_INO {
+            return reply.error(Errno::ENODATA);
+        }
+        let Some(rel) = self.inodes.path(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let meta = match metadata_in(&self.root, &rel) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => return reply.error(Errno::ENODATA),
+            Err(e) => return reply.error(Errno::from(e)),
+        };
+        let value = FileVersion::of(&meta).to_string();
+        match size {
+            0 => reply.size(value.len() as u32),
+            n if (n as usize) < value.len() => reply.error(Errno::ERANGE),
+            _ => reply.data(value.as_bytes()),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

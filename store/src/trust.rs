@@ -29,6 +29,40 @@ use crate::id::{ChunkId, ManifestHash};
 use crate::manifest::Manifest;
 use crate::{Error, Result};
 
+/// As text, for the mount to show which file it serves (an extended
+/// attribute): `DEV INO SIZE MTIME_NS CTIME_NS`.
+impl std::fmt::Display for FileVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let FileVersion {
+            dev,
+            ino,
+            size,
+            mtime_ns,
+            ctime_ns,
+        } = self;
+        write!(f, "{dev} {ino} {size} {mtime_ns} {ctime_ns}")
+    }
+}
+
+impl std::str::FromStr for FileVersion {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || Error::Invalid(format!("not a file version: {text:?}"));
+        let fields: Vec<&str> = text.split(' ').collect();
+        let [dev, ino, size, mtime_ns, ctime_ns] = fields.as_slice() else {
+            return Err(bad());
+        };
+        Ok(FileVersion {
+            dev: dev.parse().map_err(|_| bad())?,
+            ino: ino.parse().map_err(|_| bad())?,
+            size: size.parse().map_err(|_| bad())?,
+            mtime_ns: mtime_ns.parse().map_err(|_| bad())?,
+            ctime_ns: ctime_ns.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// What identifies one version of a file on this node without reading it:
 /// if any of these change, the file is checked again.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -53,6 +87,12 @@ impl FileVersion {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Whether `self` and `other` are the same file (device and inode): a
+    /// file seen through the mount and one in the images directory.
+    pub fn same_file(&self, other: &FileVersion) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
     }
 
     const LEN: usize = 40;
@@ -255,6 +295,20 @@ pub(crate) fn verified_path(store: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_version_reads_back_from_its_text_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let version = FileVersion::of(&std::fs::metadata(&file).unwrap());
+        let back: FileVersion = version.to_string().parse().unwrap();
+        assert_eq!(back, version);
+        assert!(back.same_file(&version));
+        for bad in ["", "1 2 3 4", "1 2 3 4 5 6", "1 2 x 4 5", "1  2 3 4 5"] {
+            assert!(bad.parse::<FileVersion>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_verified_set_survives_a_round_trip_and_a_damaged_file_is_forgotten() {

@@ -1,9 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use yolo_store_core::{Follower, ImageServer};
+use yolo_store_core::{Follower, ImageServer, LearnOptions};
 
 use crate::fuse::{check_mount_paths, run_mount, MountOptions, Serve};
 use crate::human;
@@ -25,7 +26,32 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Preload::Open)]
     preload: Preload,
     #[command(flatten)]
+    learn: LearnArgs,
+    #[command(flatten)]
     fuse: FuseArgs,
+}
+
+/// Boot images that make themselves (docs/design.md, Learning).
+#[derive(clap::Args)]
+struct LearnArgs {
+    /// Record the first boot of every file without a usable boot image and
+    /// import it into the store: the next open is served from the store.
+    #[arg(long)]
+    learn: bool,
+    /// The longest a recording lasts, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300,
+        requires = "learn"
+    )]
+    learn_window: u64,
+    /// A recording ends once no read came for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, requires = "learn")]
+    learn_quiet: u64,
+    /// Recordings with fewer reads are probes, not boots: not learned.
+    #[arg(long, value_name = "N", default_value_t = 64, requires = "learn")]
+    learn_min_reads: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,10 +91,19 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let store =
         Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;
-    let server = Arc::new(
-        ImageServer::new(store, &images, cache_bytes)
-            .with_context(|| format!("images directory {}", images.display()))?,
-    );
+    let server = ImageServer::new(store, &images, cache_bytes)
+        .with_context(|| format!("images directory {}", images.display()))?;
+    let server = if args.learn.learn {
+        let options = LearnOptions {
+            window: Duration::from_secs(args.learn.learn_window),
+            quiet: Duration::from_secs(args.learn.learn_quiet),
+            min_reads: args.learn.learn_min_reads,
+            ..LearnOptions::default()
+        };
+        server.learn(options).context("starting to learn")?
+    } else {
+        Arc::new(server)
+    };
     let backend = Arc::new(Serve::new(server.clone(), args.preload != Preload::None));
     let files = backend.verify_all(args.preload == Preload::All)?;
     eprintln!(

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -28,6 +28,7 @@ use crate::cache::{CacheStats, ChunkCache};
 use crate::files::{images_dir, metadata_in, open_file_in};
 use crate::follower::Follower;
 use crate::id::{ChunkId, ManifestHash};
+use crate::learn::{LearnOptions, LearnStats, Learner};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
@@ -44,11 +45,18 @@ pub struct OpenImage {
     index: Option<Arc<ManifestIndex>>,
     /// The hash of `index`'s manifest, computed once at open.
     index_hash: Option<ManifestHash>,
+    /// Whether this open's reads are recorded to learn a boot image.
+    learning: bool,
 }
 
 impl OpenImage {
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Whether this open's reads are recorded (`mount --learn`).
+    pub fn is_learning(&self) -> bool {
+        self.learning
     }
 
     /// Whether reads of this file are served from a boot image.
@@ -100,6 +108,9 @@ pub struct ImageServer {
     opened: Mutex<HashMap<String, (FileVersion, bool)>>,
     warned: Mutex<HashSet<String>>,
     counters: Counters,
+    /// Records the boots of files without a usable boot image, with
+    /// `--learn`.
+    learner: Option<Learner>,
 }
 
 /// What is known of (file version, boot image) pairs.
@@ -162,6 +173,9 @@ pub struct ServeStats {
     pub cache: CacheStats,
     /// (upper bound in microseconds, reads) for every non-empty bucket.
     pub latency_us: Vec<(u64, u64)>,
+    /// With `--learn`: what became of the recorded boots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learning: Option<LearnStats>,
 }
 
 impl ImageServer {
@@ -189,7 +203,45 @@ impl ImageServer {
             opened: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            learner: None,
         })
+    }
+
+    /// Learns a boot image from the first boot of every file version that
+    /// has none (or one that does not match): see [`Learner`]. A thread
+    /// ends recordings, imports them and checks the new boot images, so
+    /// the next open of the file is served from the store.
+    pub fn learn(mut self, options: LearnOptions) -> Result<Arc<Self>> {
+        let tick = (options.quiet / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        self.learner = Some(Learner::new(self.store.path(), &self.images, options)?);
+        let server = Arc::new(self);
+        let weak = Arc::downgrade(&server);
+        std::thread::Builder::new()
+            .name("yolo-learn".into())
+            .spawn(move || loop {
+                std::thread::sleep(tick);
+                let Some(server) = weak.upgrade() else { return };
+                let Some(learner) = &server.learner else { return };
+                let imported = learner.finish_due();
+                if !imported.is_empty() {
+                    // Checked now against the store with the new boot
+                    // images in it, so the next open serves them.
+                    if let Err(e) = server.store.catch_up() {
+                        eprintln!("yolo-store: learning: could not catch up with the store: {e}");
+                    }
+                }
+                for name in imported {
+                    match server.verify_boot_image(&name) {
+                        Ok(true) => {}
+                        Ok(false) => eprintln!(
+                            "yolo-store: learning: {name}: the learned boot image does not match the file"
+                        ),
+                        Err(e) => eprintln!("yolo-store: learning: {name}: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| Error::Invalid(format!("learning thread: {e}")))?;
+        Ok(server)
     }
 
     pub fn images_dir(&self) -> &Path {
@@ -211,6 +263,9 @@ impl ImageServer {
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let version = FileVersion::of(&meta);
         let mut index_hash = None;
+        // Learned when there is no boot image, or one known not to match;
+        // not while a match is being checked.
+        let mut learnable = false;
         let index = match store.manifest(name) {
             Ok(manifest) => match self.checked(name, version, &manifest) {
                 (Checked::Matches, hash) => {
@@ -226,6 +281,7 @@ impl ImageServer {
                         "the file does not hold its boot image's blocks; serving it from the file",
                         "",
                     );
+                    learnable = true;
                     None
                 }
                 (Checked::Unknown, hash) => {
@@ -236,9 +292,17 @@ impl ImageServer {
                     None
                 }
             },
-            Err(Error::UnknownVmi(_)) => None,
+            Err(Error::UnknownVmi(_)) => {
+                learnable = true;
+                None
+            }
             Err(e) => return Err(e),
         };
+        let learning = learnable
+            && self
+                .learner
+                .as_ref()
+                .is_some_and(|learner| learner.join(name, version));
         Ok(OpenImage {
             name: name.to_string(),
             file,
@@ -246,6 +310,7 @@ impl ImageServer {
             version,
             index,
             index_hash,
+            learning,
         })
     }
 
@@ -256,7 +321,9 @@ impl ImageServer {
     pub fn page_cache(&self, image: &OpenImage) -> PageCache {
         let state = (image.version, image.has_boot_image());
         let previous = lock(&self.opened).insert(image.name.clone(), state);
-        if image.has_boot_image() {
+        // A learned boot must see every read, as `record` does: cached
+        // pages and read-ahead would hide some and add others.
+        if image.has_boot_image() || image.learning {
             PageCache::Direct
         } else {
             PageCache::Buffered {
@@ -420,6 +487,11 @@ impl ImageServer {
             self.counters
                 .bytes_from_file
                 .fetch_add(dst.len() as u64, Ordering::Relaxed);
+        }
+        if image.learning {
+            if let Some(learner) = &self.learner {
+                learner.record(&image.name, image.version, offset, buf.len() as u64);
+            }
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let us = started.elapsed().as_micros().max(1) as u64;
@@ -636,6 +708,7 @@ impl ImageServer {
                 .map(|(i, n)| (2u64 << i, get(n)))
                 .filter(|&(_, n)| n > 0)
                 .collect(),
+            learning: self.learner.as_ref().map(Learner::stats),
         }
     }
 }

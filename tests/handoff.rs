@@ -108,11 +108,12 @@ impl Qemu {
     }
 
     /// Runs `yolo-store handoff` on this QEMU.
-    fn handoff(&mut self, images: &Path) -> std::process::Output {
+    fn handoff(&mut self, images: &Path, extra: &[&str]) -> std::process::Output {
         // Closed, and QEMU told so, before the command connects.
         drop(self.qmp.take());
         Command::new(BIN)
             .args(["handoff", "--qmp", s(&self.socket), "--images", s(images)])
+            .args(extra)
             .output()
             .expect("yolo-store handoff")
     }
@@ -200,7 +201,8 @@ fn a_vm_handed_off_reads_the_plain_file_and_outlives_the_mount() {
     let before = reads(&mount);
     assert!(before > 0, "the VM did not read through the mount");
 
-    let out = qemu.handoff(&images);
+    // Once QEMU has not read the mount's file for a second.
+    let out = qemu.handoff(&images, &["--when-idle", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -259,7 +261,7 @@ fn chains_handoff_cannot_prove_or_move_are_refused_and_left_alone() {
     fs::create_dir(&copy).unwrap();
     fs::copy(images.join("vmi.qcow2"), copy.join("vmi.qcow2")).unwrap();
     let mut qemu = Qemu::start(&env, &blockdev_chain(&backing, &overlay));
-    let out = qemu.handoff(&copy);
+    let out = qemu.handoff(&copy, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not the file the mount serves"), "{err}");
@@ -271,7 +273,7 @@ fn chains_handoff_cannot_prove_or_move_are_refused_and_left_alone() {
     // A VM started with -drive has nodes without names: refused.
     let drive = format!("file={},if=none,id=d0,format=qcow2", s(&overlay));
     let mut qemu = Qemu::start(&env, &["-drive".to_string(), drive]);
-    let out = qemu.handoff(&images);
+    let out = qemu.handoff(&images, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("-blockdev and a node-name"), "{err}");

@@ -164,3 +164,23 @@ fn probes_and_changed_files_are_dropped_and_leave_nothing() {
     wait_for(&mount, "imported", |l| l["imported"] == 1);
     assert!(spool_is_empty(&env));
 }
+
+/// QEMU opens its backing file, then the guest's kernel (given to QEMU
+/// directly) runs for many seconds before its first disk read: a pause
+/// longer than --learn-quiet with the file still open and only a few reads
+/// so far does not end the recording.
+#[test]
+fn a_pause_before_the_boot_reads_its_disk_does_not_end_the_recording() {
+    let env = Env::new();
+    let (images, data) = setup(&env);
+    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &LEARN);
+    let held = fs::File::open(mount.file("vmi.img")).unwrap();
+    let mut header = [0u8; 512];
+    held.read_at(&mut header, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(learning(&mount)["recording"], 1, "{}", mount.status());
+    boot(&mount.file("vmi.img"), &boot_blocks(), &data);
+    drop(held);
+    wait_for(&mount, "imported", |l| l["imported"] == 1);
+    assert_eq!(learning(&mount)["dropped_too_few_reads"], 0);
+}

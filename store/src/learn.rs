@@ -64,7 +64,8 @@ pub struct LearnStats {
     pub recording: u64,
     /// Recordings written to the spool.
     pub learned: u64,
-    /// Learned boot images now in the store.
+    /// Learned boot images in the store and checked against their files:
+    /// their next open is served from the store.
     pub imported: u64,
     pub dropped_too_few_reads: u64,
     /// The file changed while its boot was recorded.
@@ -90,6 +91,11 @@ struct Session {
     started: Instant,
     last_read: Instant,
     reads: Vec<Read>,
+    /// Opens recorded now: while one is open and the reads are still too
+    /// few to be a boot, a pause does not end the recording (a VM booted
+    /// from a kernel given to QEMU reads nothing from its disk for many
+    /// seconds after opening it).
+    open: usize,
 }
 
 #[derive(Default)]
@@ -132,8 +138,12 @@ impl Learner {
             return false;
         }
         let mut sessions = lock(&self.sessions);
-        match sessions.get(name) {
-            Some(session) => session.version == version,
+        match sessions.get_mut(name) {
+            Some(session) if session.version == version => {
+                session.open += 1;
+                true
+            }
+            Some(_) => false,
             None => {
                 let now = Instant::now();
                 sessions.insert(
@@ -143,10 +153,20 @@ impl Learner {
                         started: now,
                         last_read: now,
                         reads: Vec::new(),
+                        open: 1,
                     },
                 );
                 eprintln!("yolo-store: learning: recording the boot of {name}");
                 true
+            }
+        }
+    }
+
+    /// An open that [`Learner::join`]ed is closed.
+    pub fn leave(&self, name: &str, version: FileVersion) {
+        if let Some(session) = lock(&self.sessions).get_mut(name) {
+            if session.version == version {
+                session.open = session.open.saturating_sub(1);
             }
         }
     }
@@ -164,7 +184,8 @@ impl Learner {
         }
     }
 
-    /// Ends the recordings that are due (quiet, or past their window),
+    /// Ends the recordings that are due: past their window, or quiet once
+    /// they hold a boot's worth of reads or nothing has them open any more;
     /// writes and imports what they learned, and imports whatever an
     /// earlier run left in the spool. Returns the names imported.
     pub fn finish_due(&self) -> Vec<String> {
@@ -174,7 +195,9 @@ impl Learner {
             let names: Vec<String> = sessions
                 .iter()
                 .filter(|(_, s)| {
-                    now.duration_since(s.last_read) >= self.options.quiet
+                    let quiet = now.duration_since(s.last_read) >= self.options.quiet;
+                    let boot_or_closed = s.reads.len() >= self.options.min_reads || s.open == 0;
+                    (quiet && boot_or_closed)
                         || now.duration_since(s.started) >= self.options.window
                 })
                 .map(|(name, _)| name.clone())
@@ -269,7 +292,6 @@ impl Learner {
                 .and_then(|image| import(&store, &image, &ImportOptions::default()))
             {
                 Ok(report) => {
-                    self.counters.imported.fetch_add(1, Ordering::Relaxed);
                     eprintln!(
                         "yolo-store: learning: imported the boot image of {}",
                         report.names.join(", ")
@@ -287,6 +309,14 @@ impl Learner {
             let _ = fs::remove_file(&file);
         }
         imported
+    }
+
+    /// Counts boot images imported and checked against their files: from
+    /// now on their next open is served from the store.
+    pub fn ready(&self, count: usize) {
+        self.counters
+            .imported
+            .fetch_add(count as u64, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> LearnStats {

@@ -47,6 +47,16 @@ pub struct OpenImage {
     index_hash: Option<ManifestHash>,
     /// Whether this open's reads are recorded to learn a boot image.
     learning: bool,
+    /// The learner this open joined, told when it closes.
+    learner: Option<Arc<Learner>>,
+}
+
+impl Drop for OpenImage {
+    fn drop(&mut self) {
+        if let Some(learner) = &self.learner {
+            learner.leave(&self.name, self.version);
+        }
+    }
 }
 
 impl OpenImage {
@@ -110,7 +120,7 @@ pub struct ImageServer {
     counters: Counters,
     /// Records the boots of files without a usable boot image, with
     /// `--learn`.
-    learner: Option<Learner>,
+    learner: Option<Arc<Learner>>,
 }
 
 /// What is known of (file version, boot image) pairs.
@@ -213,7 +223,11 @@ impl ImageServer {
     /// the next open of the file is served from the store.
     pub fn learn(mut self, options: LearnOptions) -> Result<Arc<Self>> {
         let tick = (options.quiet / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        self.learner = Some(Learner::new(self.store.path(), &self.images, options)?);
+        self.learner = Some(Arc::new(Learner::new(
+            self.store.path(),
+            &self.images,
+            options,
+        )?));
         let server = Arc::new(self);
         let weak = Arc::downgrade(&server);
         std::thread::Builder::new()
@@ -232,7 +246,7 @@ impl ImageServer {
                 }
                 for name in imported {
                     match server.verify_boot_image(&name) {
-                        Ok(true) => {}
+                        Ok(true) => learner.ready(1),
                         Ok(false) => eprintln!(
                             "yolo-store: learning: {name}: the learned boot image does not match the file"
                         ),
@@ -298,11 +312,11 @@ impl ImageServer {
             }
             Err(e) => return Err(e),
         };
-        let learning = learnable
-            && self
-                .learner
-                .as_ref()
-                .is_some_and(|learner| learner.join(name, version));
+        let learner = self
+            .learner
+            .as_ref()
+            .filter(|learner| learnable && learner.join(name, version))
+            .cloned();
         Ok(OpenImage {
             name: name.to_string(),
             file,
@@ -310,7 +324,8 @@ impl ImageServer {
             version,
             index,
             index_hash,
-            learning,
+            learning: learner.is_some(),
+            learner,
         })
     }
 
@@ -708,7 +723,7 @@ impl ImageServer {
                 .map(|(i, n)| (2u64 << i, get(n)))
                 .filter(|&(_, n)| n > 0)
                 .collect(),
-            learning: self.learner.as_ref().map(Learner::stats),
+            learning: self.learner.as_deref().map(Learner::stats),
         }
     }
 }

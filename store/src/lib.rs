@@ -30,6 +30,9 @@ mod trace;
 mod trust;
 mod verify;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 pub use cache::{CacheStats, ChunkCache};
 pub use capture::{write_boot_image, CaptureSource};
 pub use chunking::{Chunking, FASTCDC_VERSION};

@@ -3,35 +3,14 @@
 //! of order), a follower opened afterwards sees every VMI, and one opened
 //! before sees the changes once it catches up.
 
+use yolo_store_core::testing::family_image;
 use yolo_store_core::{
-    execute_gc, import, plan_gc, remove, BootImage, FileHeader, FileIdentity, FileImage, Follower,
-    ImportOptions, Store,
+    execute_gc, import, plan_gc, remove, BootImage, Follower, ImportOptions, Store,
 };
 
-/// A one-file boot image of `blocks` 4 KiB blocks of its own, content
-/// derived from `seed`.
+/// A one-file boot image of `blocks` 4 KiB blocks of its own.
 fn image(name: &str, seed: u64, blocks: u64) -> BootImage {
-    let mut x = seed * 1_000_003 + 1;
-    let data: Vec<u8> = (0..blocks * 4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 13) as u8
-        })
-        .collect();
-    BootImage {
-        block_size: 4096,
-        files: vec![FileImage {
-            header: FileHeader {
-                name: name.to_string(),
-                file_size: blocks * 4096,
-                identity: FileIdentity([seed as u8; 32]),
-                blocks: (0..blocks).collect(),
-            },
-            data,
-        }],
-    }
+    family_image(name, seed, 0, blocks)
 }
 
 /// Each name's manifest and every one of its chunks, read through `store`.

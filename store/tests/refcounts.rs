@@ -7,46 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use proptest::prelude::*;
+use yolo_store_core::testing::family_image as image;
 use yolo_store_core::{
-    execute_gc, import, plan_gc, pull, push, remove, verify, BootImage, ChunkId, FileHeader,
-    FileIdentity, FileImage, ImportOptions, Remote, RemoteOptions, Store,
+    execute_gc, import, plan_gc, pull, push, remove, verify, ChunkId, ImportOptions, Remote,
+    RemoteOptions, Store,
 };
-
-/// A one-file boot image: `shared` blocks common to every seed, then `own`
-/// blocks of its own.
-fn image(name: &str, seed: u64, shared: u64, own: u64) -> BootImage {
-    let block = |s: u64, i: u64| -> Vec<u8> {
-        let mut x = s * 1_000_003 + i * 2 + 1;
-        (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 11) as u8
-            })
-            .collect()
-    };
-    let mut data = Vec::new();
-    for i in 0..shared {
-        data.extend(block(0, i));
-    }
-    for i in 0..own {
-        data.extend(block(seed, i));
-    }
-    let n = shared + own;
-    BootImage {
-        block_size: 4096,
-        files: vec![FileImage {
-            header: FileHeader {
-                name: name.to_string(),
-                file_size: n * 4096,
-                identity: FileIdentity([seed as u8; 32]),
-                blocks: (0..n).collect(),
-            },
-            data,
-        }],
-    }
-}
 
 /// Every chunk's refcount equals the number of manifests that use it, and
 /// every manifest's chunks read back.

@@ -12,7 +12,7 @@
 //! Checks and preloads run on a small pool of their own, never on the
 //! threads that answer reads, and never one thread per file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -28,6 +28,7 @@ use crate::cache::{CacheStats, ChunkCache};
 use crate::files::{images_dir, metadata_in, open_file_in};
 use crate::follower::Follower;
 use crate::id::{ChunkId, ManifestHash};
+use crate::latency::{Latency, LatencyStats, VmiLatencies};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
@@ -44,6 +45,8 @@ pub struct OpenImage {
     index: Option<Arc<ManifestIndex>>,
     /// The hash of `index`'s manifest, computed once at open.
     index_hash: Option<ManifestHash>,
+    /// Where this file's read latencies are counted besides the total.
+    latency: Arc<Latency>,
 }
 
 impl OpenImage {
@@ -100,6 +103,7 @@ pub struct ImageServer {
     opened: Mutex<HashMap<String, (FileVersion, bool)>>,
     warned: Mutex<HashSet<String>>,
     counters: Counters,
+    latency_by_vmi: VmiLatencies,
 }
 
 /// What is known of (file version, boot image) pairs.
@@ -134,8 +138,7 @@ struct Counters {
     unverified_opens: AtomicU64,
     preload_total: AtomicU64,
     preload_done: AtomicU64,
-    /// Read latency, bucket i counts reads that took [2^i, 2^(i+1)) us.
-    latency_us_log2: [AtomicU64; 24],
+    latency: Latency,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -162,6 +165,11 @@ pub struct ServeStats {
     pub cache: CacheStats,
     /// (upper bound in microseconds, reads) for every non-empty bucket.
     pub latency_us: Vec<(u64, u64)>,
+    /// Microseconds spent in all reads.
+    pub latency_us_sum: u64,
+    /// The same per VMI, for a bounded set of VMIs; every other file's
+    /// reads under [`crate::OTHER_VMIS`].
+    pub latency_by_vmi: BTreeMap<String, LatencyStats>,
 }
 
 impl ImageServer {
@@ -189,6 +197,7 @@ impl ImageServer {
             opened: Mutex::new(HashMap::new()),
             warned: Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            latency_by_vmi: VmiLatencies::default(),
         })
     }
 
@@ -211,7 +220,9 @@ impl ImageServer {
         let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
         let version = FileVersion::of(&meta);
         let mut index_hash = None;
-        let index = match store.manifest(name) {
+        let manifest = store.manifest(name);
+        let latency = self.latency_by_vmi.for_file(name, manifest.is_ok());
+        let index = match manifest {
             Ok(manifest) => match self.checked(name, version, &manifest) {
                 (Checked::Matches, hash) => {
                     index_hash = Some(hash);
@@ -246,6 +257,7 @@ impl ImageServer {
             version,
             index,
             index_hash,
+            latency,
         })
     }
 
@@ -422,9 +434,9 @@ impl ImageServer {
                 .fetch_add(dst.len() as u64, Ordering::Relaxed);
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        let us = started.elapsed().as_micros().max(1) as u64;
-        let bucket = (63 - us.leading_zeros() as usize).min(23);
-        self.counters.latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        self.counters.latency.record(elapsed);
+        image.latency.record(elapsed);
         Ok(buf)
     }
 
@@ -616,6 +628,7 @@ impl ImageServer {
             let trust = lock(&self.trust);
             (trust.pending.len() as u64, trust.verified.len() as u64)
         };
+        let latency = c.latency.snapshot();
         ServeStats {
             reads: get(&c.reads),
             bytes_from_store: get(&c.bytes_from_store),
@@ -629,13 +642,9 @@ impl ImageServer {
             preload_chunks_total: get(&c.preload_total),
             preload_chunks_done: get(&c.preload_done),
             cache: self.cache.stats(),
-            latency_us: c
-                .latency_us_log2
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (2u64 << i, get(n)))
-                .filter(|&(_, n)| n > 0)
-                .collect(),
+            latency_us: latency.buckets,
+            latency_us_sum: latency.sum_us,
+            latency_by_vmi: self.latency_by_vmi.snapshot(),
         }
     }
 }

@@ -221,7 +221,7 @@ fn finish(
     stream.shutdown(Shutdown::Write)?;
     let mut sink = [0u8; 4096];
     let mut drained = 0;
-    while drained < 64 << 10 {
+    while drained < 1 << 20 {
         let wait = left().min(Duration::from_millis(200));
         if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
             break;

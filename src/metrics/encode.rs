@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use yolo_store_core::{ServeStats, LATENCY_BUCKETS};
+use yolo_store_core::{ServeStats, LATENCY_BUCKETS, MAX_VMI_LATENCIES, OTHER_VMIS};
 
 /// Prefix of every metric name.
 const PREFIX: &str = "yolo";
@@ -175,9 +175,12 @@ impl Collector for Snapshot {
             )?)?;
         }
 
+        let help = format!(
+            "Time to answer a read, per VMI for the first {MAX_VMI_LATENCIES} VMIs opened with a boot image; every other file under vmi=\"{OTHER_VMIS}\"."
+        );
         let mut latency = out.encode_descriptor(
             "read_latency",
-            "Time to answer a read, per VMI for the first 64 VMIs opened with a boot image; every other file under vmi=\"/other\".",
+            &help,
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;

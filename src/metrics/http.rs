@@ -44,8 +44,12 @@ where
         .spawn(move || {
             for stream in listener.incoming() {
                 // A failed accept (a client that reset first, no fds left)
-                // concerns that client only.
-                let Ok(stream) = stream else { continue };
+                // concerns that client only; the pause keeps one that
+                // fails again at once (EMFILE) from spinning a core.
+                let Ok(stream) = stream else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
                 if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::AcqRel);
                     busy(stream);

@@ -247,12 +247,16 @@ fn metrics_agree_with_the_status_file_while_reads_run_and_after() {
     );
 
     // Once reads have stopped and preloads finished, the two are equal.
+    // (A preload queued but not started has not counted its chunks yet,
+    // so wait for a status that also holds still.)
     for _ in 0..500 {
         let status = mount.status();
-        if status["preload_chunks_done"] == status["preload_chunks_total"] {
+        std::thread::sleep(Duration::from_millis(20));
+        if status["preload_chunks_done"] == status["preload_chunks_total"]
+            && status == mount.status()
+        {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     let status = mount.status();
     let scraped = samples(&scrape_text(port));

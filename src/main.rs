@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod fuse;
 mod human;
+mod metrics;
 mod qmp;
 
 use std::process::ExitCode;

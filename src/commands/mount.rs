@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use yolo_store_core::{Follower, ImageServer, LearnOptions};
 
 use crate::fuse::{check_mount_paths, run_mount, MountOptions, Serve};
 use crate::human;
+use crate::metrics;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +27,14 @@ pub struct Args {
     /// none.
     #[arg(long, value_enum, default_value_t = Preload::Open)]
     preload: Preload,
+    /// Serve the counters for Prometheus at http://ADDR:PORT/metrics
+    /// (an IP address, loopback unless --metrics-allow-remote).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Let --metrics listen on an address other hosts can reach: the
+    /// metrics name every VMI served.
+    #[arg(long, requires = "metrics")]
+    metrics_allow_remote: bool,
     #[command(flatten)]
     learn: LearnArgs,
     #[command(flatten)]
@@ -89,6 +99,10 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     // Everything that can be refused is, before the store is opened.
     let images = check_mount_paths(&args.images, &args.mountpoint)?;
     let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
+    let metrics = args
+        .metrics
+        .map(|addr| metrics::bind(addr, args.metrics_allow_remote))
+        .transpose()?;
     let store =
         Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;
     let server = ImageServer::new(store, &images, cache_bytes)
@@ -110,6 +124,15 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         "yolo-store: checking the identity of {files} VMI file(s) with a boot image in the background{}",
         if args.preload == Preload::All { ", then preloading them" } else { "" }
     );
+    if let Some(listener) = metrics {
+        let addr = listener.local_addr().context("metrics endpoint")?;
+        let server = server.clone();
+        metrics::serve(listener, move |format| {
+            metrics::encode(server.stats(), format)
+        })
+        .context("starting the metrics thread")?;
+        eprintln!("yolo-store: metrics at http://{addr}/metrics");
+    }
     let root = server.images_dir().to_path_buf();
     let served = run_mount(backend, root, &args.mountpoint, &args.fuse.options());
     served?;

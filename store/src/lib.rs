@@ -14,6 +14,7 @@ mod format;
 mod gc;
 mod id;
 mod import;
+mod latency;
 mod learn;
 mod manifest;
 mod name;
@@ -46,6 +47,7 @@ pub use format::{
 pub use gc::{execute_gc, plan_gc, remove, GcPlan, GcReport};
 pub use id::{ChunkId, FileIdentity, ManifestHash};
 pub use import::{import, ImportOptions, ImportReport};
+pub use latency::{LatencyStats, LATENCY_BUCKETS, MAX_VMI_LATENCIES, OTHER_VMIS};
 pub use learn::{LearnOptions, LearnStats, Learner, SPOOL_DIR};
 pub use manifest::{ChunkRef, Manifest, ManifestIndex};
 pub use name::{validate_name, STATUS_FILE};

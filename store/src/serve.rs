@@ -12,7 +12,7 @@
 //! Checks and preloads run on a small pool of their own, never on the
 //! threads that answer reads, and never one thread per file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -28,6 +28,7 @@ use crate::cache::{CacheStats, ChunkCache};
 use crate::files::{images_dir, metadata_in, open_file_in};
 use crate::follower::Follower;
 use crate::id::{ChunkId, ManifestHash};
+use crate::latency::{Latency, LatencyStats, VmiLatencies};
 use crate::learn::{LearnOptions, LearnStats, Learner};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
@@ -49,6 +50,8 @@ pub struct OpenImage {
     learning: bool,
     /// The learner this open joined, told when it closes.
     learner: Option<Arc<Learner>>,
+    /// Where this file's read latencies are counted besides the total.
+    latency: Arc<Latency>,
 }
 
 impl Drop for OpenImage {
@@ -121,6 +124,7 @@ pub struct ImageServer {
     /// Records the boots of files without a usable boot image, with
     /// `--learn`.
     learner: Option<Arc<Learner>>,
+    latency_by_vmi: VmiLatencies,
 }
 
 /// What is known of (file version, boot image) pairs.
@@ -155,8 +159,7 @@ struct Counters {
     unverified_opens: AtomicU64,
     preload_total: AtomicU64,
     preload_done: AtomicU64,
-    /// Read latency, bucket i counts reads that took [2^i, 2^(i+1)) us.
-    latency_us_log2: [AtomicU64; 24],
+    latency: Latency,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -186,6 +189,11 @@ pub struct ServeStats {
     /// With `--learn`: what became of the recorded boots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning: Option<LearnStats>,
+    /// Microseconds spent in all reads.
+    pub latency_us_sum: u64,
+    /// The same per VMI, for a bounded set of VMIs; every other file's
+    /// reads under [`crate::OTHER_VMIS`].
+    pub latency_by_vmi: BTreeMap<String, LatencyStats>,
 }
 
 impl ImageServer {
@@ -214,6 +222,7 @@ impl ImageServer {
             warned: Mutex::new(HashSet::new()),
             counters: Counters::default(),
             learner: None,
+            latency_by_vmi: VmiLatencies::default(),
         })
     }
 
@@ -280,7 +289,9 @@ impl ImageServer {
         // Learned when there is no boot image, or one known not to match;
         // not while a match is being checked.
         let mut learnable = false;
-        let index = match store.manifest(name) {
+        let manifest = store.manifest(name);
+        let latency = self.latency_by_vmi.for_file(name, manifest.is_ok());
+        let index = match manifest {
             Ok(manifest) => match self.checked(name, version, &manifest) {
                 (Checked::Matches, hash) => {
                     index_hash = Some(hash);
@@ -326,6 +337,7 @@ impl ImageServer {
             index_hash,
             learning: learner.is_some(),
             learner,
+            latency,
         })
     }
 
@@ -509,9 +521,9 @@ impl ImageServer {
             }
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        let us = started.elapsed().as_micros().max(1) as u64;
-        let bucket = (63 - us.leading_zeros() as usize).min(23);
-        self.counters.latency_us_log2[bucket].fetch_add(1, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        self.counters.latency.record(elapsed);
+        image.latency.record(elapsed);
         Ok(buf)
     }
 
@@ -703,6 +715,7 @@ impl ImageServer {
             let trust = lock(&self.trust);
             (trust.pending.len() as u64, trust.verified.len() as u64)
         };
+        let latency = c.latency.snapshot();
         ServeStats {
             reads: get(&c.reads),
             bytes_from_store: get(&c.bytes_from_store),
@@ -716,13 +729,9 @@ impl ImageServer {
             preload_chunks_total: get(&c.preload_total),
             preload_chunks_done: get(&c.preload_done),
             cache: self.cache.stats(),
-            latency_us: c
-                .latency_us_log2
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (2u64 << i, get(n)))
-                .filter(|&(_, n)| n > 0)
-                .collect(),
+            latency_us: latency.buckets,
+            latency_us_sum: latency.sum_us,
+            latency_by_vmi: self.latency_by_vmi.snapshot(),
             learning: self.learner.as_deref().map(Learner::stats),
         }
     }

@@ -323,8 +323,12 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
-        if let Some(Handle::File(_, opened)) = handle {
+        if let Some(Handle::File(handle, opened)) = handle {
             self.io_modes.release(ino.0, opened);
+            if opened == Opened::Passthrough {
+                self.backend
+                    .passthrough_outcome(&handle, PassthroughOutcome::Closed);
+            }
         }
         reply.ok();
     }

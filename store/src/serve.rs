@@ -110,6 +110,8 @@ pub enum PassthroughOutcome {
     /// Served by the server instead, for this reason (logged once per
     /// reason).
     Refused(String),
+    /// An open that was passed through (`Opened` or `Held`) was released.
+    Closed,
 }
 
 pub struct ImageServer {
@@ -164,6 +166,7 @@ struct Counters {
     passthrough_opens: AtomicU64,
     passthrough_held: AtomicU64,
     passthrough_refused: AtomicU64,
+    passthrough_open_now: AtomicU64,
     preload_total: AtomicU64,
     preload_done: AtomicU64,
     /// Read latency, bucket i counts reads that took [2^i, 2^(i+1)) us.
@@ -191,6 +194,8 @@ pub struct ServeStats {
     /// Opens that could have been passed through but were served by the
     /// daemon (passthrough not offered, not allowed, or in conflict).
     pub passthrough_refused: u64,
+    /// Passthrough opens not released yet.
+    pub passthrough_open_now: u64,
     /// (file version, boot image) pairs being checked now.
     pub identities_pending: u64,
     /// (file version, boot image) pairs known to match, kept across
@@ -328,10 +333,19 @@ impl ImageServer {
         match outcome {
             PassthroughOutcome::Opened => {
                 c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                c.passthrough_open_now.fetch_add(1, Ordering::Relaxed);
             }
             PassthroughOutcome::Held => {
                 c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                 c.passthrough_held.fetch_add(1, Ordering::Relaxed);
+                c.passthrough_open_now.fetch_add(1, Ordering::Relaxed);
+            }
+            PassthroughOutcome::Closed => {
+                let _ = c.passthrough_open_now.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                );
             }
             PassthroughOutcome::Refused(why) => {
                 c.passthrough_refused.fetch_add(1, Ordering::Relaxed);
@@ -707,6 +721,7 @@ impl ImageServer {
             passthrough_opens: get(&c.passthrough_opens),
             passthrough_held: get(&c.passthrough_held),
             passthrough_refused: get(&c.passthrough_refused),
+            passthrough_open_now: get(&c.passthrough_open_now),
             identities_pending,
             boot_images_verified,
             startup_verification_done: self.startup_checked.load(Ordering::Relaxed),

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Sequential read of a VMI with no boot image: directly, through a mount
+# (FUSE passthrough: the kernel reads the file, the daemon sees no read) and
+# through a mount with --no-passthrough (every read through the daemon, as
+# before issue 13), cold (drop_caches before each read) and warm (read once,
+# then timed). Runs interleaved, ROUNDS times; prints the median and the
+# spread of each, and ratios of medians against the direct read measured in
+# the same run.
+#
+#   benches/passthrough.sh [SIZE_MIB] [ROUNDS]      (root; fuse3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${1:-1024}
+rounds=${2:-7}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}"
+cargo build --release -q
+bin="$CARGO_TARGET_DIR/release/yolo-store"
+work=$(mktemp -d /var/tmp/yolo-passthrough-bench.XXXXXX)
+mounts=()
+cleanup() {
+    for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    sleep 0.5
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/images" "$work/pt" "$work/nopt"
+# Real files of this machine (compressible like a VMI), topped up if short.
+size=$((size_mib << 20))
+{ find /usr/lib /usr/share -type f -size +4k -print0 2>/dev/null | sort -z | xargs -0 cat 2>/dev/null
+  head -c "$size" /dev/urandom; } | head -c "$size" > "$work/images/vmi.img" || true
+"$bin" --store "$work/store" init >/dev/null
+
+mount_yolo() { # MOUNTPOINT ARGS...
+    local mnt=$1; shift
+    "$bin" --store "$work/store" mount --images "$work/images" "$mnt" "$@" 2>>"$work/mount.log" &
+    mounts+=("$mnt")
+    for _ in $(seq 200); do [ -e "$mnt/.yolo-status" ] && return; sleep 0.05; done
+    cat "$work/mount.log" >&2; exit 1
+}
+mount_yolo "$work/pt"
+mount_yolo "$work/nopt" --no-passthrough
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+secs() { # FILE: seconds for dd to read it whole in 1 MiB reads
+    LC_ALL=C dd if="$1" of=/dev/null bs=1M 2>&1 | awk '/copied/ { print $(NF-3) }'
+}
+declare -A file=([direct]="$work/images/vmi.img" [passthrough]="$work/pt/vmi.img" [daemon]="$work/nopt/vmi.img")
+out="$work/times"
+for r in $(seq "$rounds"); do
+    for how in direct passthrough daemon; do
+        drop; echo "cold $how $(secs "${file[$how]}")" >> "$out"
+        secs "${file[$how]}" > /dev/null
+        echo "warm $how $(secs "${file[$how]}")" >> "$out"
+    done
+done
+status() { python3 -c "import json,sys; d=json.load(open('$1/.yolo-status')); print(d['reads'], d['passthrough_opens'], d['passthrough_refused'])"; }
+read -r pt_reads pt_opens pt_refused < <(status "$work/pt")
+read -r np_reads np_opens _ < <(status "$work/nopt")
+
+echo "machine: $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "VMI: $size_mib MiB (no boot image), dd bs=1M, $rounds rounds interleaved"
+echo "daemon reads: passthrough mount $pt_reads ($pt_opens passthrough opens, $pt_refused refused); --no-passthrough mount $np_reads"
+python3 - "$out" "$size" <<'PY'
+import statistics, sys
+from collections import defaultdict
+times = defaultdict(list)
+for line in open(sys.argv[1]):
+    cache, how, s = line.split()
+    times[(cache, how)].append(float(s))
+size = int(sys.argv[2])
+print(f"{'':24} {'median MB/s':>12} {'min..max MB/s':>16} {'time vs direct':>15} {'per-round ratio min..max':>26}")
+for cache in ("cold", "warm"):
+    base = statistics.median(times[(cache, "direct")])
+    for how in ("direct", "passthrough", "daemon"):
+        t = times[(cache, how)]
+        rates = [size / s / 1e6 for s in t]
+        per_round = [a / b for a, b in zip(t, times[(cache, "direct")])]
+        print(f"{cache + ' ' + how:24} {size / statistics.median(t) / 1e6:12.0f} "
+              f"{min(rates):7.0f}..{max(rates):<8.0f} {statistics.median(t) / base:14.2f}x "
+              f"{min(per_round):12.2f}..{max(per_round):<12.2f}")
+PY

@@ -67,14 +67,16 @@ for line in open(sys.argv[1]):
     cache, how, s = line.split()
     times[(cache, how)].append(float(s))
 size = int(sys.argv[2])
-print(f"{'':24} {'median MB/s':>12} {'min..max MB/s':>16} {'time vs direct':>15} {'per-round ratio min..max':>26}")
+# Time ratios against direct: of the medians, and per round (each read
+# against the direct read just before it), median and spread.
+print(f"{'':18} {'median MB/s':>11} {'min..max MB/s':>15} {'medians':>8} {'per round: median (min..max)':>30}")
 for cache in ("cold", "warm"):
     base = statistics.median(times[(cache, "direct")])
     for how in ("direct", "passthrough", "daemon"):
         t = times[(cache, how)]
         rates = [size / s / 1e6 for s in t]
         per_round = [a / b for a, b in zip(t, times[(cache, "direct")])]
-        print(f"{cache + ' ' + how:24} {size / statistics.median(t) / 1e6:12.0f} "
-              f"{min(rates):7.0f}..{max(rates):<8.0f} {statistics.median(t) / base:14.2f}x "
-              f"{min(per_round):12.2f}..{max(per_round):<12.2f}")
+        print(f"{cache + ' ' + how:18} {size / statistics.median(t) / 1e6:11.0f} "
+              f"{min(rates):7.0f}..{max(rates):<7.0f} {statistics.median(t) / base:7.2f}x "
+              f"{statistics.median(per_round):17.2f}x ({min(per_round):.2f}..{max(per_round):.2f})")
 PY

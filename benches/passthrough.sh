@@ -40,8 +40,15 @@ mount_yolo() { # MOUNTPOINT ARGS...
 mount_yolo "$work/pt"
 mount_yolo "$work/nopt" --no-passthrough
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-secs() { # FILE: seconds for dd to read it whole in 1 MiB reads
-    LC_ALL=C dd if="$1" of=/dev/null bs=1M 2>&1 | awk '/copied/ { print $(NF-3) }'
+secs() { # FILE: wall and CPU (user + system) seconds of a dd reading it whole in 1 MiB reads
+    python3 - "$1" <<'PY'
+import os, subprocess, sys, time
+start = time.perf_counter()
+p = subprocess.Popen(["dd", f"if={sys.argv[1]}", "of=/dev/null", "bs=1M", "status=none"])
+_, status, ru = os.wait4(p.pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "dd failed"
+print(f"{time.perf_counter() - start:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
+PY
 }
 declare -A file=([direct]="$work/images/vmi.img" [passthrough]="$work/pt/vmi.img" [daemon]="$work/nopt/vmi.img")
 out="$work/times"
@@ -62,21 +69,31 @@ echo "daemon reads: passthrough mount $pt_reads ($pt_opens passthrough opens, $p
 python3 - "$out" "$size" <<'PY'
 import statistics, sys
 from collections import defaultdict
-times = defaultdict(list)
+wall, cpu = defaultdict(list), defaultdict(list)
 for line in open(sys.argv[1]):
-    cache, how, s = line.split()
-    times[(cache, how)].append(float(s))
+    cache, how, w, c = line.split()
+    wall[(cache, how)].append(float(w))
+    cpu[(cache, how)].append(float(c))
 size = int(sys.argv[2])
-# Time ratios against direct: of the medians, and per round (each read
-# against the direct read just before it), median and spread.
+# Wall-time ratios against direct: of the medians, and per round (each
+# read against the direct read of its round), median and spread. Then the
+# reader's own CPU time (dd's user + system): with passthrough, as with a
+# direct read, all the work is done in the reader's system calls, so this
+# compares the two without the other processes of a loaded machine; through
+# the daemon most of the work is the daemon's, so it is not comparable there.
+def row(label, t, base_t):
+    rates = [size / s / 1e6 for s in t]
+    per_round = [a / b for a, b in zip(t, base_t)]
+    print(f"{label:18} {size / statistics.median(t) / 1e6:11.0f} "
+          f"{min(rates):7.0f}..{max(rates):<7.0f} {statistics.median(t) / statistics.median(base_t):7.2f}x "
+          f"{statistics.median(per_round):17.2f}x ({min(per_round):.2f}..{max(per_round):.2f})")
+print("wall time")
 print(f"{'':18} {'median MB/s':>11} {'min..max MB/s':>15} {'medians':>8} {'per round: median (min..max)':>30}")
 for cache in ("cold", "warm"):
-    base = statistics.median(times[(cache, "direct")])
     for how in ("direct", "passthrough", "daemon"):
-        t = times[(cache, how)]
-        rates = [size / s / 1e6 for s in t]
-        per_round = [a / b for a, b in zip(t, times[(cache, "direct")])]
-        print(f"{cache + ' ' + how:18} {size / statistics.median(t) / 1e6:11.0f} "
-              f"{min(rates):7.0f}..{max(rates):<7.0f} {statistics.median(t) / base:7.2f}x "
-              f"{statistics.median(per_round):17.2f}x ({min(per_round):.2f}..{max(per_round):.2f})")
+        row(f"{cache} {how}", wall[(cache, how)], wall[(cache, "direct")])
+print("reader CPU time (dd user + system), MB per CPU second")
+for cache in ("cold", "warm"):
+    for how in ("direct", "passthrough"):
+        row(f"{cache} {how}", cpu[(cache, how)], cpu[(cache, "direct")])
 PY

@@ -257,3 +257,56 @@ fn a_backing_file_the_kernel_refuses_is_served_by_the_daemon() {
     assert_eq!(log.matches("passthrough refused").count(), 1, "{log}");
     drop(twice);
 }
+
+/// qemu-img reads a real qcow2 with no boot image through passthrough,
+/// buffered and with `-T none` (O_DIRECT, as a VM with `cache=none`): the
+/// guest's bytes come back exactly and the daemon sees no read.
+#[test]
+fn qemu_img_reads_a_qcow2_through_passthrough_buffered_and_direct() {
+    let env = Env::new();
+    let images = env.path("images");
+    fs::create_dir_all(&images).unwrap();
+    let raw = env.path("disk.raw");
+    let mut data = common::noise(9, 3 << 20);
+    data[1 << 20..2 << 20].fill(0);
+    fs::write(&raw, &data).unwrap();
+    let qcow = images.join("disk.qcow2");
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", s(&raw), s(&qcow)]);
+    env.ok(&["init"]);
+    let mount = serve(&env, &images, &[]);
+    for cache in ["writeback", "none"] {
+        let out = env.path(&format!("out-{cache}.raw"));
+        let src = mount.file("disk.qcow2");
+        qemu_img(&[
+            "convert",
+            "-T",
+            cache,
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            s(&src),
+            s(&out),
+        ]);
+        assert!(
+            fs::read(&out).unwrap() == data,
+            "-T {cache}: converted image differs"
+        );
+    }
+    let status = mount.status();
+    assert_eq!(status["reads"], 0, "{status}");
+    assert!(stat(&mount, "passthrough_opens") >= 2, "{status}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

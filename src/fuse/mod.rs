@@ -130,8 +130,7 @@ impl<B: Backend> ImagesFs<B> {
             OpenAs::Flags(f) if f.contains(FopenFlags::FOPEN_DIRECT_IO) => (Wanted::Direct, f),
             OpenAs::Flags(f) => (Wanted::Buffered, f),
         };
-        let backing = self.backend.backing_file(&handle);
-        let granted = match (self.passthrough, backing) {
+        let granted = match (self.passthrough, self.backend.backing_file(&handle)) {
             (Passthrough::Granted, Some(file)) => {
                 let id = match file.metadata() {
                     Ok(meta) => (meta.dev(), meta.ino()),
@@ -140,10 +139,14 @@ impl<B: Backend> ImagesFs<B> {
                 self.io_modes
                     .open(ino, id, wanted, || reply.open_backing(file))
             }
-            (Passthrough::NotOffered, _) if wanted == Wanted::Passthrough => Granted::Buffered {
-                refused: Some("the kernel did not offer FUSE_PASSTHROUGH at init".into()),
-            },
-            _ => Granted::Direct, // untracked: no open of this mount is passthrough
+            // No open of this mount is passed through: nothing to track.
+            (Passthrough::NotOffered, _) if wanted == Wanted::Passthrough => {
+                let why = "the kernel did not offer FUSE_PASSTHROUGH at init".to_string();
+                self.backend
+                    .passthrough_outcome(&handle, PassthroughOutcome::Refused(why));
+                Granted::Untracked
+            }
+            _ => Granted::Untracked,
         };
         let opened = granted.opened();
         match granted {
@@ -167,7 +170,7 @@ impl<B: Backend> ImagesFs<B> {
                 let fh = self.add_handle(Handle::File(Arc::new(handle), opened));
                 reply.opened(FileHandle(fh), flags);
             }
-            Granted::Direct => {
+            Granted::Untracked => {
                 let fh = self.add_handle(Handle::File(Arc::new(handle), opened));
                 reply.opened(FileHandle(fh), flags);
             }

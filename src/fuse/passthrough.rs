@@ -31,15 +31,13 @@ pub enum Wanted {
 pub enum Granted<B> {
     /// Reply with this backing id. `held`: the backend wanted otherwise,
     /// but the file is open by passthrough already.
-    Passthrough {
-        backing: Arc<B>,
-        held: bool,
-    },
+    Passthrough { backing: Arc<B>, held: bool },
     /// Buffered, and why, when passthrough was wanted.
-    Buffered {
-        refused: Option<String>,
-    },
-    Direct,
+    Buffered { refused: Option<String> },
+    /// As the backend asked, with nothing to keep: a direct-I/O open,
+    /// which the kernel mixes with buffered ones (or any open of a mount
+    /// with no passthrough at all).
+    Untracked,
     /// The file was replaced while an open of the old one reads it by
     /// passthrough: the kernel allows this inode no other backing file,
     /// and no open that is not passthrough.
@@ -59,7 +57,7 @@ impl<B> Granted<B> {
         match self {
             Granted::Passthrough { .. } => Opened::Passthrough,
             Granted::Buffered { .. } => Opened::Buffered,
-            Granted::Direct | Granted::Busy => Opened::Untracked,
+            Granted::Untracked | Granted::Busy => Opened::Untracked,
         }
     }
 }
@@ -119,7 +117,7 @@ impl<B> IoModes<B> {
                 }
             }
             Some(Live::Buffered { opens }) => match wanted {
-                Wanted::Direct => Granted::Direct,
+                Wanted::Direct => Granted::Untracked,
                 Wanted::Buffered => {
                     *opens += 1;
                     Granted::Buffered { refused: None }
@@ -132,7 +130,7 @@ impl<B> IoModes<B> {
                 }
             },
             None => match wanted {
-                Wanted::Direct => Granted::Direct,
+                Wanted::Direct => Granted::Untracked,
                 Wanted::Buffered => {
                     inodes.insert(ino, Live::Buffered { opens: 1 });
                     Granted::Buffered { refused: None }
@@ -231,7 +229,7 @@ mod tests {
         // Then the boot image serves.
         assert!(matches!(
             modes.open(5, F, Wanted::Direct, never),
-            Granted::Direct
+            Granted::Untracked
         ));
         assert_eq!(
             backing(&modes.open(5, F, Wanted::Passthrough, ok(8))),
@@ -252,7 +250,7 @@ mod tests {
         ));
         assert!(matches!(
             modes.open(5, F, Wanted::Direct, never),
-            Granted::Direct
+            Granted::Untracked
         ));
         // Other inodes are free.
         assert!(backing(&modes.open(6, F, Wanted::Passthrough, ok(1))).is_some());

@@ -41,6 +41,8 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A mount with metrics. Without passthrough, so that the reads of the
+/// file with no boot image reach the daemon and are counted under /other.
 fn serve(env: &Env, images: &Path, port: u16) -> Mount {
     let addr = format!("127.0.0.1:{port}");
     Mount::start(
@@ -48,7 +50,7 @@ fn serve(env: &Env, images: &Path, port: u16) -> Mount {
         "mount",
         images,
         &env.path("mnt"),
-        &["--metrics", &addr],
+        &["--metrics", &addr, "--no-passthrough"],
     )
 }
 
@@ -107,7 +109,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 }
 
 /// What each status counter is called in the scrape.
-const COUNTERS: [(&str, &str); 11] = [
+const COUNTERS: [(&str, &str); 14] = [
     ("/reads", "yolo_reads_total"),
     (
         "/bytes_from_store",
@@ -119,14 +121,18 @@ const COUNTERS: [(&str, &str); 11] = [
     ("/unverified_opens", "yolo_unverified_opens_total"),
     ("/preload_chunks_total", "yolo_preload_chunks_queued_total"),
     ("/preload_chunks_done", "yolo_preload_chunks_loaded_total"),
+    ("/passthrough_opens", "yolo_passthrough_opens_total"),
+    ("/passthrough_held", "yolo_passthrough_held_total"),
+    ("/passthrough_refused", "yolo_passthrough_refused_total"),
     ("/cache/hits", "yolo_cache_hits_total"),
     ("/cache/misses", "yolo_cache_misses_total"),
     ("/cache/evictions", "yolo_cache_evictions_total"),
 ];
 
-const GAUGES: [(&str, &str); 5] = [
+const GAUGES: [(&str, &str); 6] = [
     ("/identities_pending", "yolo_identities_pending"),
     ("/boot_images_verified", "yolo_boot_images_verified"),
+    ("/passthrough_open_now", "yolo_passthrough_open"),
     ("/cache/chunks", "yolo_cache_chunks"),
     ("/cache/bytes", "yolo_cache_bytes"),
     ("/cache/budget", "yolo_cache_budget_bytes"),

@@ -35,6 +35,10 @@ pub struct Args {
     /// metrics name every VMI served.
     #[arg(long, requires = "metrics")]
     metrics_allow_remote: bool,
+    /// Serve every file through the daemon: no FUSE passthrough for files
+    /// without a (matching) boot image.
+    #[arg(long)]
+    no_passthrough: bool,
     #[command(flatten)]
     learn: LearnArgs,
     #[command(flatten)]
@@ -118,7 +122,11 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Arc::new(server)
     };
-    let backend = Arc::new(Serve::new(server.clone(), args.preload != Preload::None));
+    let backend = Arc::new(Serve::new(
+        server.clone(),
+        args.preload != Preload::None,
+        !args.no_passthrough,
+    ));
     let files = backend.verify_all(args.preload == Preload::All)?;
     eprintln!(
         "yolo-store: checking the identity of {files} VMI file(s) with a boot image in the background{}",
@@ -138,13 +146,14 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     served?;
     let stats = server.stats();
     eprintln!(
-        "yolo-store: unmounted; {} reads, {} from the store, {} from files, cache {} hits / {} misses, {} chunk failures",
+        "yolo-store: unmounted; {} reads, {} from the store, {} from files, cache {} hits / {} misses, {} chunk failures, {} passthrough opens",
         stats.reads,
         human::bytes(stats.bytes_from_store),
         human::bytes(stats.bytes_from_file),
         stats.cache.hits,
         stats.cache.misses,
         stats.chunk_failures,
+        stats.passthrough_opens,
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -5,22 +5,25 @@
 
 mod attr;
 mod inodes;
+mod passthrough;
 mod record;
 mod serve;
 mod session;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    BackingId, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 pub use inodes::STATUS_FILE;
@@ -30,7 +33,8 @@ pub use session::{check_mount_paths, run_mount, MountOptions};
 
 use attr::{attr_of, status_attr};
 use inodes::{Inodes, STATUS_INO};
-use yolo_store_core::{list_dir_in, metadata_in, EntryKind, FileVersion};
+use passthrough::{Granted, IoModes, Opened, Wanted};
+use yolo_store_core::{list_dir_in, metadata_in, EntryKind, FileVersion, PassthroughOutcome};
 
 /// How long the kernel may cache names and attributes: VMIs do not change
 /// under a running VM, and a second is short enough for an operator.
@@ -48,13 +52,44 @@ pub trait Backend: Send + Sync + 'static {
     fn open(&self, name: &str) -> yolo_store_core::Result<Self::Handle>;
     fn read(&self, handle: &Self::Handle, offset: u64, size: u32) -> io::Result<Vec<u8>>;
     /// Kernel page-cache behaviour for a freshly opened file.
-    fn open_flags(&self, handle: &Self::Handle) -> FopenFlags;
+    fn open_as(&self, handle: &Self::Handle) -> OpenAs;
     /// The body of the virtual `.yolo-status` file (JSON).
     fn status(&self) -> Vec<u8>;
+    /// Whether to ask the kernel for FUSE passthrough at init.
+    fn wants_passthrough(&self) -> bool {
+        false
+    }
+    /// The file the kernel reads for a passthrough open of `handle`.
+    fn backing_file<'a>(&self, _handle: &'a Self::Handle) -> Option<&'a File> {
+        None
+    }
+    /// What became of an open that could have been passed through.
+    fn passthrough_outcome(&self, _handle: &Self::Handle, _outcome: PassthroughOutcome) {}
+}
+
+/// How a backend wants an open answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenAs {
+    /// Reads reach the daemon, with these flags.
+    Flags(FopenFlags),
+    /// The kernel may read the file itself; where it cannot, `fallback`.
+    Passthrough { fallback: FopenFlags },
+}
+
+/// FUSE passthrough for this mount, as settled at init.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Passthrough {
+    /// Not asked for (the record backend, `--no-passthrough`).
+    Off,
+    /// Granted: opens may be passed through.
+    Granted,
+    /// Asked for, and the kernel did not offer it.
+    NotOffered,
 }
 
 enum Handle<H> {
-    File(Arc<H>),
+    /// How it was opened, for the kernel's rules at release.
+    File(Arc<H>, Opened),
     Status(Arc<Vec<u8>>),
 }
 
@@ -62,7 +97,7 @@ enum Handle<H> {
 impl<H> Clone for Handle<H> {
     fn clone(&self) -> Self {
         match self {
-            Handle::File(h) => Handle::File(h.clone()),
+            Handle::File(h, opened) => Handle::File(h.clone(), *opened),
             Handle::Status(s) => Handle::Status(s.clone()),
         }
     }
@@ -75,6 +110,8 @@ pub struct ImagesFs<B: Backend> {
     handles: RwLock<HashMap<u64, Handle<B::Handle>>>,
     next_fh: AtomicU64,
     max_readahead: u32,
+    passthrough: Passthrough,
+    io_modes: IoModes<BackingId>,
 }
 
 impl<B: Backend> ImagesFs<B> {
@@ -86,6 +123,70 @@ impl<B: Backend> ImagesFs<B> {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             max_readahead,
+            passthrough: Passthrough::Off,
+            io_modes: IoModes::default(),
+        }
+    }
+
+    /// Answers an open of `ino` as the backend wants it and the kernel's
+    /// passthrough rules allow (`passthrough.rs`).
+    fn reply_open(&self, ino: u64, rel: &str, handle: B::Handle, reply: ReplyOpen) {
+        let (wanted, flags) = match self.backend.open_as(&handle) {
+            OpenAs::Passthrough { fallback } => (Wanted::Passthrough, fallback),
+            OpenAs::Flags(f) if f.contains(FopenFlags::FOPEN_DIRECT_IO) => (Wanted::Direct, f),
+            OpenAs::Flags(f) => (Wanted::Buffered, f),
+        };
+        let granted = match (self.passthrough, self.backend.backing_file(&handle)) {
+            (Passthrough::Granted, Some(file)) => {
+                let id = match file.metadata() {
+                    Ok(meta) => (meta.dev(), meta.ino()),
+                    Err(e) => return reply.error(Errno::from(e)),
+                };
+                self.io_modes
+                    .open(ino, id, wanted, || reply.open_backing(file))
+            }
+            // No open of this mount is passed through: nothing to track.
+            (Passthrough::NotOffered, _) if wanted == Wanted::Passthrough => {
+                let why = "the kernel did not offer FUSE_PASSTHROUGH at init".to_string();
+                self.backend
+                    .passthrough_outcome(&handle, PassthroughOutcome::Refused(why));
+                Granted::Untracked
+            }
+            _ => Granted::Untracked,
+        };
+        let opened = granted.opened();
+        match granted {
+            Granted::Passthrough { backing, held } => {
+                let outcome = if held {
+                    PassthroughOutcome::Held
+                } else {
+                    PassthroughOutcome::Opened
+                };
+                self.backend.passthrough_outcome(&handle, outcome);
+                let fh = self.add_handle(Handle::File(Arc::new(handle), opened));
+                // Passthrough takes no page-cache flags (the kernel refuses
+                // KEEP_CACHE with it).
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+            }
+            Granted::Buffered { refused } => {
+                if let Some(why) = refused {
+                    self.backend
+                        .passthrough_outcome(&handle, PassthroughOutcome::Refused(why));
+                }
+                let fh = self.add_handle(Handle::File(Arc::new(handle), opened));
+                reply.opened(FileHandle(fh), flags);
+            }
+            Granted::Untracked => {
+                let fh = self.add_handle(Handle::File(Arc::new(handle), opened));
+                reply.opened(FileHandle(fh), flags);
+            }
+            Granted::Busy => {
+                eprintln!(
+                    "yolo-store: open {rel}: the file was replaced while the old one is still \
+                     open by passthrough; the kernel allows no other open until it is closed"
+                );
+                reply.error(Errno::EBUSY);
+            }
         }
     }
 
@@ -108,6 +209,19 @@ impl<B: Backend> ImagesFs<B> {
 
 impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        if self.backend.wants_passthrough() {
+            self.passthrough = match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    // 2, the kernel's most: backing files may sit on an
+                    // overlayfs (a container's); nothing stacks on us.
+                    if let Err(most) = config.set_max_stack_depth(2) {
+                        let _ = config.set_max_stack_depth(most);
+                    }
+                    Passthrough::Granted
+                }
+                Err(_) => Passthrough::NotOffered,
+            };
+        }
         // The kernel offers at most its bdi's read_ahead_kb here (128 KiB by
         // default); asking for more fails, so the session raises the bdi
         // limit after mounting (see `session::set_bdi_read_ahead`).
@@ -161,11 +275,7 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             return reply.error(Errno::ENOENT);
         };
         match self.backend.open(&rel) {
-            Ok(handle) => {
-                let flags = self.backend.open_flags(&handle);
-                let fh = self.add_handle(Handle::File(Arc::new(handle)));
-                reply.opened(FileHandle(fh), flags);
-            }
+            Ok(handle) => self.reply_open(ino.0, &rel, handle, reply),
             Err(e) => {
                 eprintln!("yolo-store: open {rel}: {e}");
                 reply.error(errno_of(&e));
@@ -195,7 +305,7 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             None => return reply.error(Errno::EBADF),
         };
         match handle {
-            Handle::File(h) => match self.backend.read(&h, offset, size) {
+            Handle::File(h, _) => match self.backend.read(&h, offset, size) {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(Errno::from(e)),
             },
@@ -210,17 +320,25 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles
+        let handle = self
+            .handles
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        if let Some(Handle::File(handle, opened)) = handle {
+            self.io_modes.release(ino.0, opened);
+            if opened == Opened::Passthrough {
+                self.backend
+                    .passthrough_outcome(&handle, PassthroughOutcome::Closed);
+            }
+        }
         reply.ok();
     }
 

@@ -8,7 +8,7 @@ use fuser::FopenFlags;
 use serde::Serialize;
 use yolo_store_core::{RecordedFile, Recorder};
 
-use super::Backend;
+use super::{Backend, OpenAs};
 
 pub struct Record(pub Arc<Recorder>);
 
@@ -33,8 +33,8 @@ impl Backend for Record {
     /// Direct I/O: every read the VM makes reaches us as the VM made it.
     /// Through the page cache, read-ahead would record blocks the boot never
     /// asked for, and cached pages would hide reads from a second open.
-    fn open_flags(&self, _file: &RecordedFile) -> FopenFlags {
-        FopenFlags::FOPEN_DIRECT_IO
+    fn open_as(&self, _file: &RecordedFile) -> OpenAs {
+        OpenAs::Flags(FopenFlags::FOPEN_DIRECT_IO)
     }
 
     fn status(&self) -> Vec<u8> {

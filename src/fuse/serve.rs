@@ -1,24 +1,28 @@
 //! The serving backend: files come from an [`ImageServer`], which takes
 //! boot-image blocks from the store and everything else from the file.
 
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
 use fuser::FopenFlags;
-use yolo_store_core::{ImageServer, OpenImage, PageCache};
+use yolo_store_core::{ImageServer, OpenImage, PageCache, PassthroughOutcome};
 
-use super::Backend;
+use super::{Backend, OpenAs};
 
 pub struct Serve {
     server: Arc<ImageServer>,
     preload_on_open: bool,
+    passthrough: bool,
 }
 
 impl Serve {
-    pub fn new(server: Arc<ImageServer>, preload_on_open: bool) -> Self {
+    /// `passthrough`: hand files the server adds nothing to to the kernel.
+    pub fn new(server: Arc<ImageServer>, preload_on_open: bool, passthrough: bool) -> Self {
         Serve {
             server,
             preload_on_open,
+            passthrough,
         }
     }
 
@@ -46,12 +50,34 @@ impl Backend for Serve {
     }
 
     /// Page-cache policy is the library's ([`ImageServer::page_cache`]).
-    fn open_flags(&self, image: &OpenImage) -> FopenFlags {
+    fn open_as(&self, image: &OpenImage) -> OpenAs {
+        let buffered = |keep| {
+            if keep {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            }
+        };
         match self.server.page_cache(image) {
-            PageCache::Direct => FopenFlags::FOPEN_DIRECT_IO,
-            PageCache::Buffered { keep: true } => FopenFlags::FOPEN_KEEP_CACHE,
-            PageCache::Buffered { keep: false } => FopenFlags::empty(),
+            PageCache::Direct => OpenAs::Flags(FopenFlags::FOPEN_DIRECT_IO),
+            PageCache::Buffered { keep } => OpenAs::Flags(buffered(keep)),
+            PageCache::Passthrough { keep } if self.passthrough => OpenAs::Passthrough {
+                fallback: buffered(keep),
+            },
+            PageCache::Passthrough { keep } => OpenAs::Flags(buffered(keep)),
         }
+    }
+
+    fn wants_passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    fn backing_file<'a>(&self, image: &'a OpenImage) -> Option<&'a File> {
+        Some(image.file())
+    }
+
+    fn passthrough_outcome(&self, image: &OpenImage, outcome: PassthroughOutcome) {
+        self.server.passthrough_outcome(image, outcome);
     }
 
     fn status(&self) -> Vec<u8> {

@@ -78,7 +78,7 @@ struct Snapshot(ServeStats);
 impl Collector for Snapshot {
     fn encode(&self, mut out: DescriptorEncoder) -> Result<(), fmt::Error> {
         let s = &self.0;
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 12] = [
             ("reads", "Reads of VMI files answered by the mount.", s.reads),
             (
                 "chunk_failures",
@@ -104,6 +104,21 @@ impl Collector for Snapshot {
                 "preload_chunks_loaded",
                 "Queued preload chunks done (loaded, or found in the cache already).",
                 s.preload_chunks_done,
+            ),
+            (
+                "passthrough_opens",
+                "Opens whose reads the kernel sends straight to the file (FUSE passthrough); none of them reaches reads_total.",
+                s.passthrough_opens,
+            ),
+            (
+                "passthrough_held",
+                "Passthrough opens of a file with a boot image (or a check pending), because the file was already open that way.",
+                s.passthrough_held,
+            ),
+            (
+                "passthrough_refused",
+                "Opens that could have been passed through but were served by the daemon (not offered, not allowed, or in conflict).",
+                s.passthrough_refused,
             ),
             ("cache_hits", "Chunk lookups found in the cache.", s.cache.hits),
             (
@@ -158,7 +173,7 @@ impl Collector for Snapshot {
             ConstCounter::new(value).encode(bytes.encode_family(&[("source", source)])?)?;
         }
 
-        let gauges: [(&str, &str, Option<Unit>, u64); 6] = [
+        let gauges: [(&str, &str, Option<Unit>, u64); 7] = [
             (
                 "identities_pending",
                 "(file version, boot image) pairs being checked now.",
@@ -176,6 +191,12 @@ impl Collector for Snapshot {
                 "1 once the check of every boot image at mount start has finished.",
                 None,
                 u64::from(s.startup_verification_done),
+            ),
+            (
+                "passthrough_open",
+                "Passthrough opens not released yet.",
+                None,
+                s.passthrough_open_now,
             ),
             ("cache_chunks", "Chunks in the cache.", None, s.cache.chunks),
             (

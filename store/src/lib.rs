@@ -58,7 +58,7 @@ pub use remote::{
     RemoteGcReport, RemoteOptions,
 };
 pub use repair::{repair, RepairReport};
-pub use serve::{ImageServer, OpenImage, PageCache, ServeStats};
+pub use serve::{ImageServer, OpenImage, PageCache, PassthroughOutcome, ServeStats};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};

@@ -52,6 +52,10 @@ pub struct OpenImage {
     learner: Option<Arc<Learner>>,
     /// Where this file's read latencies are counted besides the total.
     latency: Arc<Latency>,
+    /// The daemon has nothing to add to this file's reads: it has no boot
+    /// image, or one its blocks differ from. Not while a check is pending:
+    /// the boot image may serve from the next open.
+    plain: bool,
 }
 
 impl Drop for OpenImage {
@@ -86,6 +90,11 @@ impl OpenImage {
     pub fn version(&self) -> FileVersion {
         self.version
     }
+
+    /// The file itself, as opened (and checked to be regular) at open.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 /// How the kernel may cache a served file's pages, decided at each open.
@@ -102,6 +111,28 @@ pub enum PageCache {
     /// earlier opens are still right (same file version, same boot image
     /// state), so a second reader gets them without a round trip.
     Buffered { keep: bool },
+    /// The kernel reads the file itself (FUSE passthrough), and no read
+    /// reaches the server: for a file the server would serve byte for byte
+    /// from itself anyway (no boot image, or one that does not match).
+    /// Where passthrough is refused, buffered with `keep`.
+    Passthrough { keep: bool },
+}
+
+/// What became of an open that could be handed to the kernel, as the mount
+/// reports it back (counted in [`ServeStats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassthroughOutcome {
+    /// Reads go from the kernel to the file, none to the server.
+    Opened,
+    /// A file the server would serve (a boot image, or a check pending)
+    /// opened by passthrough all the same: the kernel allows no other open
+    /// of a file while a passthrough open of it lives.
+    Held,
+    /// Served by the server instead, for this reason (logged once per
+    /// reason).
+    Refused(String),
+    /// An open that was passed through (`Opened` or `Held`) was released.
+    Closed,
 }
 
 pub struct ImageServer {
@@ -157,6 +188,10 @@ struct Counters {
     chunk_failures: AtomicU64,
     identity_mismatches: AtomicU64,
     unverified_opens: AtomicU64,
+    passthrough_opens: AtomicU64,
+    passthrough_held: AtomicU64,
+    passthrough_refused: AtomicU64,
+    passthrough_open_now: AtomicU64,
     preload_total: AtomicU64,
     preload_done: AtomicU64,
     latency: Latency,
@@ -174,6 +209,17 @@ pub struct ServeStats {
     /// Opens served from the file because the file's blocks were still
     /// being checked against its boot image.
     pub unverified_opens: u64,
+    /// Opens whose reads the kernel sends straight to the file (FUSE
+    /// passthrough): none of them reaches `reads`.
+    pub passthrough_opens: u64,
+    /// Of those, opens of a file with a boot image (or a check pending),
+    /// passed through because the file was already open that way.
+    pub passthrough_held: u64,
+    /// Opens that could have been passed through but were served by the
+    /// daemon (passthrough not offered, not allowed, or in conflict).
+    pub passthrough_refused: u64,
+    /// Passthrough opens not released yet.
+    pub passthrough_open_now: u64,
     /// (file version, boot image) pairs being checked now.
     pub identities_pending: u64,
     /// (file version, boot image) pairs known to match, kept across
@@ -336,25 +382,70 @@ impl ImageServer {
             index,
             index_hash,
             learning: learner.is_some(),
+            // A learned open needs its reads, so it is not passed through.
+            plain: learnable && learner.is_none(),
             learner,
             latency,
         })
     }
 
     /// How the kernel may cache `image`'s pages for the open that made it.
-    /// A file served with a boot image gets direct I/O; any other keeps the
-    /// pages of an earlier open only if the file and its boot image state
-    /// are those of that open.
+    /// A file served with a boot image gets direct I/O; one the server has
+    /// nothing to add to is passed through to the kernel; any other
+    /// (a check pending) is buffered. Buffered opens keep the pages of an
+    /// earlier open only if the file and its boot image state are those of
+    /// that open.
+    ///
+    /// A pending check is not passed through: the kernel holds every open
+    /// of a file to passthrough while one passthrough open of it lives, so
+    /// a VM that opened its backing file then would never get the boot
+    /// image that the check is about to allow.
     pub fn page_cache(&self, image: &OpenImage) -> PageCache {
         let state = (image.version, image.has_boot_image());
         let previous = lock(&self.opened).insert(image.name.clone(), state);
+        let keep = previous == Some(state);
         // A learned boot must see every read, as `record` does: cached
         // pages and read-ahead would hide some and add others.
         if image.has_boot_image() || image.learning {
             PageCache::Direct
+        } else if image.plain {
+            PageCache::Passthrough { keep }
         } else {
-            PageCache::Buffered {
-                keep: previous == Some(state),
+            PageCache::Buffered { keep }
+        }
+    }
+
+    /// Counts what the mount did with an open that [`Self::page_cache`]
+    /// or the kernel's rules made a passthrough candidate; a refusal is
+    /// logged once per reason.
+    pub fn passthrough_outcome(&self, image: &OpenImage, outcome: PassthroughOutcome) {
+        let c = &self.counters;
+        match outcome {
+            PassthroughOutcome::Opened => {
+                c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                c.passthrough_open_now.fetch_add(1, Ordering::Relaxed);
+            }
+            PassthroughOutcome::Held => {
+                c.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                c.passthrough_held.fetch_add(1, Ordering::Relaxed);
+                c.passthrough_open_now.fetch_add(1, Ordering::Relaxed);
+            }
+            PassthroughOutcome::Closed => {
+                let _ = c.passthrough_open_now.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                );
+            }
+            PassthroughOutcome::Refused(why) => {
+                c.passthrough_refused.fetch_add(1, Ordering::Relaxed);
+                if lock(&self.warned).insert(format!("\0passthrough\0{why}")) {
+                    eprintln!(
+                        "yolo-store: note: FUSE passthrough refused ({why}), first for {}; \
+                         such files are served by the daemon (counted in passthrough_refused)",
+                        image.name
+                    );
+                }
             }
         }
     }
@@ -723,6 +814,10 @@ impl ImageServer {
             chunk_failures: get(&c.chunk_failures),
             identity_mismatches: get(&c.identity_mismatches),
             unverified_opens: get(&c.unverified_opens),
+            passthrough_opens: get(&c.passthrough_opens),
+            passthrough_held: get(&c.passthrough_held),
+            passthrough_refused: get(&c.passthrough_refused),
+            passthrough_open_now: get(&c.passthrough_open_now),
             identities_pending,
             boot_images_verified,
             startup_verification_done: self.startup_checked.load(Ordering::Relaxed),
@@ -937,10 +1032,38 @@ mod tests {
         let other = dir.path().join("images/other");
         std::fs::write(&other, &data).unwrap();
         let open = |s: &ImageServer| s.page_cache(&s.open("other").unwrap());
-        assert_eq!(open(&server), PageCache::Buffered { keep: false });
-        assert_eq!(open(&server), PageCache::Buffered { keep: true });
+        assert_eq!(open(&server), PageCache::Passthrough { keep: false });
+        assert_eq!(open(&server), PageCache::Passthrough { keep: true });
         std::fs::write(&other, &data[..4096]).unwrap();
-        assert_eq!(open(&server), PageCache::Buffered { keep: false });
+        assert_eq!(open(&server), PageCache::Passthrough { keep: false });
+    }
+
+    #[test]
+    fn only_a_file_the_server_adds_nothing_to_is_passed_through() {
+        let data = content(8 * 4096);
+        let (dir, server) = serve(&data, &[3, 1], 1 << 20);
+        let path = dir.path().join("images/vmi");
+        // Changed: a check is pending, and the boot image may serve from
+        // the next open, so this one must not pin the file to passthrough.
+        let changed: Vec<u8> = data.iter().map(|b| b ^ 0x11).collect();
+        std::fs::write(&path, &changed).unwrap();
+        let image = server.open("vmi").unwrap();
+        assert_eq!(
+            server.page_cache(&image),
+            PageCache::Buffered { keep: false }
+        );
+        // Checked, and its blocks differ: nothing for the server to add.
+        server.verify_boot_image("vmi").unwrap();
+        let image = server.open("vmi").unwrap();
+        assert!(matches!(
+            server.page_cache(&image),
+            PageCache::Passthrough { .. }
+        ));
+        // Back to the recorded bytes: the boot image serves again.
+        std::fs::write(&path, &data).unwrap();
+        server.verify_boot_image("vmi").unwrap();
+        let image = server.open("vmi").unwrap();
+        assert_eq!(server.page_cache(&image), PageCache::Direct);
     }
 
     #[test]

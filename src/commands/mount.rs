@@ -5,14 +5,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use yolo_store_core::{Follower, ImageServer};
 
-use crate::fuse::{check_mount_paths, run_mount, MountOptions, Serve};
+use crate::fuse::{check_mount_paths, serve_handed_over, supervise, MountOptions, Serve};
 use crate::human;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The directory holding the VMI files (backing files) to serve.
-    #[arg(long)]
-    images: PathBuf,
+    #[arg(long, required_unless_present = "upgrade")]
+    images: Option<PathBuf>,
     /// Where to mount: point a VM's qcow2 overlay at MOUNTPOINT/NAME.
     mountpoint: PathBuf,
     /// Bytes of decompressed chunks kept in memory, shared by every VMI
@@ -26,6 +26,15 @@ pub struct Args {
     preload: Preload,
     #[command(flatten)]
     fuse: FuseArgs,
+    /// Replace the server process of the running mount at MOUNTPOINT with
+    /// the yolo-store binary now installed at its path, without unmounting
+    /// (VMs see a pause, no error).
+    #[arg(long, conflicts_with = "images")]
+    upgrade: bool,
+    /// Internal: serve the mount of the supervisor at the other end of this
+    /// control socket (the supervisor starts servers with it).
+    #[arg(long, hide = true, value_name = "FD")]
+    serve_control: Option<i32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,8 +69,18 @@ impl FuseArgs {
 }
 
 pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    if args.upgrade {
+        return upgrade(&args.mountpoint);
+    }
+    let images = args.images.as_deref().context("--images is required")?;
     // Everything that can be refused is, before the store is opened.
-    let images = check_mount_paths(&args.images, &args.mountpoint)?;
+    let images = check_mount_paths(images, &args.mountpoint)?;
+    let Some(control) = args.serve_control else {
+        // The supervisor: it mounts, and this binary serves in a child
+        // process that can die or be replaced without unmounting.
+        supervise(&args.mountpoint, &args.fuse.options())?;
+        return Ok(ExitCode::SUCCESS);
+    };
     let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let store =
         Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;
@@ -76,8 +95,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         if args.preload == Preload::All { ", then preloading them" } else { "" }
     );
     let root = server.images_dir().to_path_buf();
-    let served = run_mount(backend, root, &args.mountpoint, &args.fuse.options());
-    served?;
+    serve_handed_over(backend, root, control, &args.fuse.options())?;
     let stats = server.stats();
     eprintln!(
         "yolo-store: unmounted; {} reads, {} from the store, {} from files, cache {} hits / {} misses, {} chunk failures",
@@ -89,4 +107,44 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         stats.chunk_failures,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mount --upgrade`: asks the supervisor of the mount at `mountpoint`
+/// (named in its status file) to start the binary now at its path and hand
+/// the mount over, and waits until a new server answers.
+fn upgrade(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let before = super::status::read_status(mountpoint)?;
+    let field = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_u64);
+    let (Some(supervisor), Some(upgrades)) = (
+        field(&before, "supervisor_pid"),
+        field(&before, "server_upgrades"),
+    ) else {
+        anyhow::bail!(
+            "{} is not served under a supervisor (no supervisor_pid in its status)",
+            mountpoint.display()
+        );
+    };
+    let pid = libc::pid_t::try_from(supervisor).context("supervisor_pid")?;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("signalling the supervisor (pid {pid})"));
+    }
+    // The new server opens the store before it takes over; a minute is far
+    // more than that takes, and the supervisor logs why it gave up.
+    for _ in 0..600 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = super::status::read_status(mountpoint)?;
+        if field(&now, "server_upgrades").is_some_and(|n| n > upgrades) {
+            println!(
+                "upgraded: server pid {} (was {})",
+                field(&now, "server_pid").unwrap_or(0),
+                field(&before, "server_pid").unwrap_or(0)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    anyhow::bail!(
+        "no new server took over within a minute; the old one still serves (see the mount's log)"
+    )
 }

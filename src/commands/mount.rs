@@ -73,14 +73,18 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         return upgrade(&args.mountpoint);
     }
     let images = args.images.as_deref().context("--images is required")?;
-    // Everything that can be refused is, before the store is opened.
-    let images = check_mount_paths(images, &args.mountpoint)?;
     let Some(control) = args.serve_control else {
+        // Everything that can be refused is, before the store is opened.
+        check_mount_paths(images, &args.mountpoint)?;
         // The supervisor: it mounts, and this binary serves in a child
         // process that can die or be replaced without unmounting.
         supervise(&args.mountpoint, &args.fuse.options())?;
         return Ok(ExitCode::SUCCESS);
     };
+    // A server: the supervisor checked the paths. Not again: a stat of the
+    // mountpoint, once mounted, waits for a server, which is us.
+    let images = yolo_store_core::images_dir(images)
+        .with_context(|| format!("images directory {}", images.display()))?;
     let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let store =
         Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;

@@ -81,7 +81,7 @@ fn reader(point: &Path, vmis: &[(String, Vec<u8>)], direct: bool, stop: &AtomicB
     while !stop.load(Ordering::Relaxed) {
         for (i, (name, data)) in vmis.iter().enumerate() {
             let fresh;
-            let file = if pass % 2 == 0 {
+            let file = if pass.is_multiple_of(2) {
                 &held[i]
             } else {
                 fresh = match seen.timed(|| open(name)) {
@@ -142,13 +142,28 @@ fn reader(point: &Path, vmis: &[(String, Vec<u8>)], direct: bool, stop: &AtomicB
 fn read_during(mount: &Mount, vmis: &[(String, Vec<u8>)], disrupt: impl FnOnce()) -> Seen {
     let seen = Seen::default();
     let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         for direct in [true, false] {
-            let (seen, stop) = (&seen, &stop);
-            s.spawn(move || reader(&mount.point, vmis, direct, stop, seen));
+            let (seen, stop, done) = (&seen, &stop, &done);
+            s.spawn(move || {
+                reader(&mount.point, vmis, direct, stop, seen);
+                done.fetch_add(1, Ordering::Relaxed);
+            });
         }
         disrupt();
         stop.store(true, Ordering::Relaxed);
+        // A read lost in a takeover never returns, and a thread stuck in
+        // the kernel cannot be joined: after a minute, fail loudly instead
+        // of hanging (a liveness bound, not a speed check).
+        for _ in 0..6000 {
+            if done.load(Ordering::Relaxed) == 2 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("a reader has waited over a minute for a read: a request was lost");
+        std::process::abort();
     });
     seen
 }

@@ -24,7 +24,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fuser::{KernelConfig, Request};
@@ -254,6 +254,7 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
         server.child.id()
     );
     let restart = |go: &mut Go, reason: &str| -> anyhow::Result<Option<Server>> {
+        let since = Instant::now();
         for attempt in 0..MAX_FAILED_STARTS {
             go.generation += 1;
             if let Some(next) = Server::start(&exe, &args)? {
@@ -262,8 +263,9 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
                 }
                 next.go(fuse.as_fd(), &log, go)?;
                 eprintln!(
-                    "yolo-store: server pid {} took over ({reason})",
-                    next.child.id()
+                    "yolo-store: server pid {} took over ({reason}) {} ms after the last one died",
+                    next.child.id(),
+                    since.elapsed().as_millis()
                 );
                 return Ok(Some(next));
             }
@@ -303,6 +305,7 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
                     eprintln!("yolo-store: upgrade: the new server failed to start; the old one keeps serving");
                     continue;
                 };
+                let since = Instant::now();
                 let _ = server.child.kill();
                 let _ = server.child.wait();
                 go.upgrades += 1;
@@ -312,8 +315,9 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
                 }
                 next.go(fuse.as_fd(), &log, &go)?;
                 eprintln!(
-                    "yolo-store: server pid {} took over (upgrade)",
-                    next.child.id()
+                    "yolo-store: server pid {} took over (upgrade), {:.1} ms with no server",
+                    next.child.id(),
+                    since.elapsed().as_micros() as f64 / 1000.0
                 );
                 server = next;
             }

@@ -18,6 +18,6 @@ for test in readers_see_exact_bytes_while_the_server_is_killed_twelve_times \
     an_upgrade_runs_the_new_binary_and_readers_see_exact_bytes; do
     for _ in $(seq "$rounds"); do
         cargo test --release -q --test takeover -- --exact "$test" --nocapture 2>&1 |
-            grep 'longest single read'
+            grep -E 'longest single read|took over'
     done
 done

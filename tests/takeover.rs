@@ -175,6 +175,15 @@ fn status_u64(mount: &Mount, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {status}"))
 }
 
+/// The supervisor's own account of each takeover, from its log.
+fn report_takeovers(out: &std::process::Output) {
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if line.contains("took over") {
+            eprintln!("{line}");
+        }
+    }
+}
+
 fn report(what: &str, seen: &Seen) {
     // A measurement, not asserted: docs/benchmarks.md, *Takeover stall*.
     eprintln!(
@@ -214,6 +223,7 @@ fn readers_see_exact_bytes_while_the_server_is_killed_twelve_times() {
     assert_eq!(status_u64(&mount, "server_restarts"), kills as u64);
     assert_eq!(status_u64(&mount, "supervisor_pid") as u32, supervisor);
     let out = mount.unmount();
+    report_takeovers(&out);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("unmounted"),
         "{}",
@@ -246,7 +256,7 @@ fn servers_killed_as_soon_as_they_take_over_lose_no_request() {
     report("10 back-to-back kills", &seen);
     let errors = seen.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "{errors:?}");
-    mount.unmount();
+    report_takeovers(&mount.unmount());
 }
 
 #[test]
@@ -285,7 +295,7 @@ fn an_upgrade_runs_the_new_binary_and_readers_see_exact_bytes() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_ne!(status_u64(&mount, "server_pid"), first);
     assert_eq!(status_u64(&mount, "server_restarts"), 0);
-    mount.unmount();
+    report_takeovers(&mount.unmount());
 }
 
 /// Installs a new copy of the binary at `bin` (a new file renamed over the

@@ -69,6 +69,9 @@ impl ServerProcess {
 /// SCM_RIGHTS.
 const GO_LEN: usize = 1 + 6 * 4;
 const READY: u8 = b'R';
+/// The hand-over protocol's version, sent with `R`: an upgrade to a binary
+/// that speaks another one is refused while the old server still serves.
+const PROTOCOL: u8 = 1;
 const GO: u8 = b'G';
 /// FUSE_NOTIFY_RESEND in the kernel's `enum fuse_notify_code` (7.40).
 const FUSE_NOTIFY_RESEND: i32 = 7;
@@ -137,19 +140,19 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         drop(theirs);
-        let mut byte = [0u8; 1];
-        // SAFETY: `ours` is an open socket and `byte` a writable buffer.
-        let n = loop {
-            let n = unsafe { libc::recv(ours.as_raw_fd(), byte.as_mut_ptr().cast(), 1, 0) };
-            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break n;
+        match recv_with_fds(ours.as_fd(), 2, 0) {
+            Ok((ready, _)) if ready == [READY, PROTOCOL] => {
+                return Ok(Some(Server {
+                    child,
+                    control: ours,
+                }))
             }
-        };
-        if n == 1 && byte[0] == READY {
-            return Ok(Some(Server {
-                child,
-                control: ours,
-            }));
+            Ok((ready, _)) if ready.first() == Some(&READY) => eprintln!(
+                "yolo-store: {} speaks hand-over protocol {:?}, not {PROTOCOL}",
+                exe.display(),
+                ready.get(1)
+            ),
+            _ => {}
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -352,7 +355,7 @@ pub fn serve_handed_over<B: Backend>(
 ) -> anyhow::Result<()> {
     // SAFETY: the supervisor passed this descriptor for us alone.
     let control = unsafe { OwnedFd::from_raw_fd(control) };
-    send_with_fds(control.as_fd(), &[READY], &[]).context("telling the supervisor")?;
+    send_with_fds(control.as_fd(), &[READY, PROTOCOL], &[]).context("telling the supervisor")?;
     let (bytes, mut fds) =
         recv_with_fds(control.as_fd(), GO_LEN, 2).context("waiting for the supervisor")?;
     let go = Go::decode(&bytes).context("the supervisor closed the control socket")?;

@@ -346,3 +346,23 @@ fn with_supervisor_and_server_killed_the_mount_fails_fast_not_hangs() {
     assert!(status.success());
     mount.wait();
 }
+
+#[test]
+fn a_server_that_can_no_longer_start_ends_the_mount_instead_of_hanging_it() {
+    let env = Env::new();
+    let (images, _) = images(&env);
+    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &[]);
+    let point = mount.point.clone();
+    // The store goes away: every new server fails before it is ready.
+    fs::rename(env.store(), env.path("store.gone")).unwrap();
+    kill(status_u64(&mount, "server_pid") as u32, libc::SIGKILL);
+    let out = mount.wait();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("failed to start; unmounted"), "{log}");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(point.to_str().unwrap()),
+        "still mounted: {log}"
+    );
+}

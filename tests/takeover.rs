@@ -366,3 +366,48 @@ fn a_server_that_can_no_longer_start_ends_the_mount_instead_of_hanging_it() {
         "still mounted: {log}"
     );
 }
+
+#[test]
+fn an_upgrade_to_a_binary_that_fails_keeps_the_old_server_serving() {
+    let env = Env::new();
+    let (images, vmis) = images(&env);
+    let bin = env.path("bin/yolo-store");
+    fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    fs::copy(BIN, &bin).unwrap();
+    let mount = Mount::start_with(&bin, &env, "mount", &images, &env.path("mnt"), &[]);
+    let server = status_u64(&mount, "server_pid");
+    // A broken install: the new "binary" exits at once.
+    let ran = env.path("broken-ran");
+    let script = format!("#!/bin/sh\ntouch {}\nexit 1\n", ran.display());
+    let tmp = env.path("bin/.new");
+    fs::write(&tmp, script).unwrap();
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::rename(&tmp, &bin).unwrap();
+    let seen = read_during(&mount, &vmis, || {
+        kill(mount.pid(), libc::SIGHUP);
+        while !ran.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let errors = seen.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(status_u64(&mount, "server_pid"), server);
+    assert_eq!(status_u64(&mount, "server_upgrades"), 0);
+    // A good binary then upgrades as usual.
+    install_new_copy(&bin, &env);
+    let out = Command::new(&bin)
+        .args(["mount", "--upgrade"])
+        .arg(&mount.point)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status_u64(&mount, "server_upgrades"), 1);
+    let out = mount.unmount();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("the old one keeps serving"), "{log}");
+}

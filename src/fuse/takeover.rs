@@ -115,8 +115,19 @@ struct Server {
 
 impl Server {
     /// Starts `exe ARGS --serve-control FD` and waits until it has opened
-    /// what it serves. None if it exited first (it printed why).
-    fn start(exe: &Path, args: &[OsString]) -> anyhow::Result<Option<Server>> {
+    /// what it serves. None if it could not be started or exited first
+    /// (said on standard error).
+    fn start(exe: &Path, args: &[OsString]) -> Option<Server> {
+        match Self::try_start(exe, args) {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("yolo-store: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn try_start(exe: &Path, args: &[OsString]) -> anyhow::Result<Option<Server>> {
         let (ours, theirs) = socket_pair()?;
         let fd = theirs.as_raw_fd();
         let mut command = Command::new(exe);
@@ -159,12 +170,24 @@ impl Server {
         Ok(None)
     }
 
-    fn go(&self, fuse: BorrowedFd, log: &File, go: &Go) -> io::Result<()> {
-        send_with_fds(
+    /// Hands the connection over; a server that died since it was ready
+    /// is reaped and None returned.
+    fn go(mut self, fuse: BorrowedFd, log: &File, go: &Go) -> Option<Server> {
+        let sent = send_with_fds(
             self.control.as_fd(),
             &go.encode(),
             &[fuse.as_raw_fd(), log.as_raw_fd()],
-        )
+        );
+        if let Err(e) = sent {
+            eprintln!(
+                "yolo-store: handing the mount to server {}: {e}",
+                self.child.id()
+            );
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return None;
+        }
+        Some(self)
     }
 }
 
@@ -226,7 +249,7 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD]).context("installing signal handlers")?;
     let log = inode_log()?;
-    let Some(mut server) = Server::start(&exe, &args)? else {
+    let Some(server) = Server::start(&exe, &args) else {
         anyhow::bail!("the server process failed before serving (its error is above)");
     };
     let fs = InitOnly {
@@ -245,7 +268,9 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
         supervisor_pid: std::process::id(),
     };
     let fuse = session.as_fd().try_clone_to_owned()?;
-    server.go(fuse.as_fd(), &log, &go)?;
+    let Some(mut server) = server.go(fuse.as_fd(), &log, &go) else {
+        anyhow::bail!("the server process died before it was handed the mount");
+    };
     // Only now: its stat of the mountpoint is a FUSE request, which needs
     // a server.
     if let Err(e) = set_bdi_read_ahead(mountpoint, opts.read_ahead_kb) {
@@ -256,26 +281,28 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
         mountpoint.display(),
         server.child.id()
     );
-    let restart = |go: &mut Go, reason: &str| -> anyhow::Result<Option<Server>> {
+    let restart = |go: &mut Go, reason: &str| -> Option<Server> {
         let since = Instant::now();
         for attempt in 0..MAX_FAILED_STARTS {
             go.generation += 1;
-            if let Some(next) = Server::start(&exe, &args)? {
+            if let Some(next) = Server::start(&exe, &args) {
                 if let Err(e) = resend(fuse.as_fd()) {
                     eprintln!("yolo-store: FUSE_NOTIFY_RESEND failed: {e}");
                 }
-                next.go(fuse.as_fd(), &log, go)?;
+                let Some(next) = next.go(fuse.as_fd(), &log, go) else {
+                    continue;
+                };
                 eprintln!(
                     "yolo-store: server pid {} took over ({reason}) {} ms after the last one died",
                     next.child.id(),
                     since.elapsed().as_millis()
                 );
-                return Ok(Some(next));
+                return Some(next);
             }
             // Backs off so that a store that does not open is not hammered.
             std::thread::sleep(Duration::from_millis(100 << attempt.min(4)));
         }
-        Ok(None)
+        None
     };
     for signal in signals.forever() {
         match signal {
@@ -289,14 +316,9 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
                 }
                 eprintln!("yolo-store: server process {}", describe(status));
                 go.restarts += 1;
-                match restart(&mut go, "restart")? {
+                match restart(&mut go, "restart") {
                     Some(next) => server = next,
-                    None => {
-                        let _ = session.unmount();
-                        anyhow::bail!(
-                            "{MAX_FAILED_STARTS} server processes in a row failed to start; unmounted"
-                        );
-                    }
+                    None => return Err(give_up(&mut session)),
                 }
             }
             SIGHUP => {
@@ -304,7 +326,7 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
                 // only then is the old one stopped. SIGKILL, not a drain:
                 // whatever it had read goes back to the kernel's queue, the
                 // path every crash takes too.
-                let Some(next) = Server::start(&exe, &args)? else {
+                let Some(next) = Server::start(&exe, &args) else {
                     eprintln!("yolo-store: upgrade: the new server failed to start; the old one keeps serving");
                     continue;
                 };
@@ -316,13 +338,22 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
                 if let Err(e) = resend(fuse.as_fd()) {
                     eprintln!("yolo-store: FUSE_NOTIFY_RESEND failed: {e}");
                 }
-                next.go(fuse.as_fd(), &log, &go)?;
-                eprintln!(
-                    "yolo-store: server pid {} took over (upgrade), {:.1} ms with no server",
-                    next.child.id(),
-                    since.elapsed().as_micros() as f64 / 1000.0
-                );
-                server = next;
+                let pause = since.elapsed();
+                match next.go(fuse.as_fd(), &log, &go) {
+                    Some(next) => {
+                        eprintln!(
+                            "yolo-store: server pid {} took over (upgrade), {:.1} ms with no server",
+                            next.child.id(),
+                            pause.as_micros() as f64 / 1000.0
+                        );
+                        server = next;
+                    }
+                    // The new server died after it was ready: as a crash.
+                    None => match restart(&mut go, "restart after an upgrade") {
+                        Some(next) => server = next,
+                        None => return Err(give_up(&mut session)),
+                    },
+                }
             }
             _ => {
                 // SIGINT, SIGTERM: unmount; the server sees the mount go
@@ -334,6 +365,14 @@ pub fn supervise(mountpoint: &Path, opts: &MountOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// No server can be started: unmount rather than leave VMs waiting on a
+/// mount nobody will serve (with files open, the unmount fails, and the
+/// connection ends with this process: reads fail with ENOTCONN).
+fn give_up(session: &mut fuser::Session<InitOnly>) -> anyhow::Error {
+    let _ = session.unmount();
+    anyhow::anyhow!("{MAX_FAILED_STARTS} server processes in a row failed to start; unmounted")
 }
 
 fn describe(status: std::process::ExitStatus) -> String {

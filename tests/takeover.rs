@@ -335,16 +335,19 @@ fn with_supervisor_and_server_killed_the_mount_fails_fast_not_hangs() {
     let (images, vmis) = images(&env);
     let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &[]);
     let server = status_u64(&mount, "server_pid") as u32;
+    let point = mount.point.clone();
     kill(mount.pid(), libc::SIGKILL);
     kill(server, libc::SIGKILL);
+    // Both gone (their descriptors closed) before the read: a read already
+    // waiting when the last one closes fails too, with ECONNABORTED.
+    mount.wait();
     wait_gone(server);
     // The last holder of the connection is gone: the kernel aborts it, and
     // reads fail at once (ENOTCONN) instead of waiting forever.
-    let err = fs::read(mount.point.join(&vmis[0].0)).unwrap_err();
+    let err = fs::read(point.join(&vmis[0].0)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    let status = Command::new("umount").arg(&mount.point).status().unwrap();
+    let status = Command::new("umount").arg(&point).status().unwrap();
     assert!(status.success());
-    mount.wait();
 }
 
 #[test]

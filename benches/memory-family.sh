@@ -25,7 +25,10 @@ rss_serving() { # VMI names...: VmRSS (KiB) after replaying their boots
     done
     for v in "$@"; do benches/replay.py "$work/mnt/$v.qcow2" "$images/$v.qcow2.trace" >/dev/null; done
     sleep 1 # let the preloads finish
-    awk '/VmRSS/ {print $2}' "/proc/$pid/status"
+    # The server process serves (and holds the cache); $pid is its supervisor.
+    local server
+    server=$(python3 -c "import json; print(json.load(open('$work/mnt/.yolo-status'))['server_pid'])")
+    awk '/VmRSS/ {print $2}' "/proc/$server/status"
     umount "$work/mnt"
     wait "$pid"
 }

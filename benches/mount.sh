@@ -121,7 +121,10 @@ rss_serving() { # N: RSS in KiB of a mount serving v1..vN, after preload and a f
     for _ in $(seq 200); do [ -e "$work/mnt/.yolo-status" ] && break; sleep 0.05; done
     until [ "$(status "$work/mnt" "d['preload_chunks_done'] >= d['preload_chunks_total'] > 0")" = True ]; do sleep 0.2; done
     for v in $(seq "$1"); do dd if="$work/mnt/v$v.img" of=/dev/null bs=1M iflag=direct status=none; done
-    awk '/VmRSS/ {print $2}' "/proc/$pid/status"
+    # The server process serves (and holds the cache); $pid is its supervisor.
+    local server
+    server=$(python3 -c "import json; print(json.load(open('$work/mnt/.yolo-status'))['server_pid'])")
+    awk '/VmRSS/ {print $2}' "/proc/$server/status"
     umount "$work/mnt"; wait "$pid"
 }
 one=$(rss_serving 1); five=$(rss_serving 5)

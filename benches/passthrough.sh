@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sequential read of a VMI with no boot image: directly, through a mount
 # (FUSE passthrough: the kernel reads the file, the daemon sees no read) and
-# through a mount with --no-passthrough (every read through the daemon, as
+# through a mount without --passthrough (every read through the daemon, as
 # before issue 13), cold (drop_caches before each read) and warm (read once,
 # then timed). Runs interleaved, ROUNDS times; prints the median and the
 # spread of each, and ratios of medians against the direct read measured in
@@ -37,8 +37,8 @@ mount_yolo() { # MOUNTPOINT ARGS...
     for _ in $(seq 200); do [ -e "$mnt/.yolo-status" ] && return; sleep 0.05; done
     cat "$work/mount.log" >&2; exit 1
 }
-mount_yolo "$work/pt"
-mount_yolo "$work/nopt" --no-passthrough
+mount_yolo "$work/pt" --passthrough
+mount_yolo "$work/nopt"
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { # FILE: wall and CPU (user + system) seconds of a dd reading it whole in 1 MiB reads
     python3 - "$1" <<'PY'
@@ -65,7 +65,7 @@ read -r np_reads np_opens _ < <(status "$work/nopt")
 
 echo "machine: $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "VMI: $size_mib MiB (no boot image), dd bs=1M, $rounds rounds interleaved"
-echo "daemon reads: passthrough mount $pt_reads ($pt_opens passthrough opens, $pt_refused refused); --no-passthrough mount $np_reads"
+echo "daemon reads: passthrough mount $pt_reads ($pt_opens passthrough opens, $pt_refused refused); mount without --passthrough $np_reads"
 python3 - "$out" "$size" <<'PY'
 import statistics, sys
 from collections import defaultdict

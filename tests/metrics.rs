@@ -41,8 +41,8 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A mount with metrics. Without passthrough, so that the reads of the
-/// file with no boot image reach the daemon and are counted under /other.
+/// A mount with metrics (without passthrough, the default, so the reads
+/// of the file with no boot image reach the daemon: counted under /other).
 fn serve(env: &Env, images: &Path, port: u16) -> Mount {
     let addr = format!("127.0.0.1:{port}");
     Mount::start(
@@ -50,7 +50,7 @@ fn serve(env: &Env, images: &Path, port: u16) -> Mount {
         "mount",
         images,
         &env.path("mnt"),
-        &["--metrics", &addr, "--no-passthrough"],
+        &["--metrics", &addr],
     )
 }
 

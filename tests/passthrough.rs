@@ -12,8 +12,18 @@ use std::process::Command;
 
 use common::{boot_blocks, capture_blocks, vmi, Env, Mount};
 
+/// A mount with `--passthrough` (opt-in) and `args`; "--no-passthrough"
+/// among them means a mount without it.
 fn serve(env: &Env, images: &Path, args: &[&str]) -> Mount {
-    Mount::start(env, "mount", images, &env.path("mnt"), args)
+    let mut all: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--no-passthrough")
+        .collect();
+    if !args.contains(&"--no-passthrough") {
+        all.push("--passthrough");
+    }
+    Mount::start(env, "mount", images, &env.path("mnt"), &all)
 }
 
 fn stat(mount: &Mount, key: &str) -> u64 {

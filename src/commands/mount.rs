@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use yolo_store_core::{Follower, ImageServer, LearnOptions};
 
-use crate::fuse::{check_mount_paths, run_mount, MountOptions, Serve};
+use crate::fuse::{check_mount_paths, serve_handed_over, supervise, MountOptions, Serve};
 use crate::human;
 use crate::metrics;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The directory holding the VMI files (backing files) to serve.
-    #[arg(long)]
-    images: PathBuf,
+    #[arg(long, required_unless_present = "upgrade")]
+    images: Option<PathBuf>,
     /// Where to mount: point a VM's qcow2 overlay at MOUNTPOINT/NAME.
     mountpoint: PathBuf,
     /// Bytes of decompressed chunks kept in memory, shared by every VMI
@@ -35,14 +35,26 @@ pub struct Args {
     /// metrics name every VMI served.
     #[arg(long, requires = "metrics")]
     metrics_allow_remote: bool,
-    /// Serve every file through the daemon: no FUSE passthrough for files
-    /// without a (matching) boot image.
+    /// Hand files without a (matching) boot image to the kernel with FUSE
+    /// passthrough (Linux >= 6.9, root): their reads never reach the
+    /// daemon. After a server restart, an open that conflicts with one the
+    /// first server passed through fails until that one closes
+    /// (docs/design.md, FUSE passthrough).
     #[arg(long)]
-    no_passthrough: bool,
+    passthrough: bool,
     #[command(flatten)]
     learn: LearnArgs,
     #[command(flatten)]
     fuse: FuseArgs,
+    /// Replace the server process of the running mount at MOUNTPOINT with
+    /// the yolo-store binary now installed at its path, without unmounting
+    /// (VMs see a pause, no error).
+    #[arg(long, conflicts_with = "images")]
+    upgrade: bool,
+    /// Internal: serve the mount of the supervisor at the other end of this
+    /// control socket (the supervisor starts servers with it).
+    #[arg(long, hide = true, value_name = "FD")]
+    serve_control: Option<i32>,
 }
 
 /// Boot images that make themselves (docs/design.md, Learning).
@@ -95,13 +107,32 @@ impl FuseArgs {
             allow_other: self.allow_other,
             threads: self.threads,
             read_ahead_kb: self.read_ahead_kb,
+            passthrough: false,
         }
     }
 }
 
 pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    // Everything that can be refused is, before the store is opened.
-    let images = check_mount_paths(&args.images, &args.mountpoint)?;
+    if args.upgrade {
+        return upgrade(&args.mountpoint);
+    }
+    let images = args.images.as_deref().context("--images is required")?;
+    let Some(control) = args.serve_control else {
+        // Everything that can be refused is, before the store is opened.
+        check_mount_paths(images, &args.mountpoint)?;
+        // The supervisor: it mounts, and this binary serves in a child
+        // process that can die or be replaced without unmounting.
+        let options = MountOptions {
+            passthrough: args.passthrough,
+            ..args.fuse.options()
+        };
+        supervise(&args.mountpoint, &options)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // A server: the supervisor checked the paths. Not again: a stat of the
+    // mountpoint, once mounted, waits for a server, which is us.
+    let images = yolo_store_core::images_dir(images)
+        .with_context(|| format!("images directory {}", images.display()))?;
     let cache_bytes = usize::try_from(args.cache_size).context("--cache-size is too large")?;
     let metrics = args
         .metrics
@@ -125,7 +156,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let backend = Arc::new(Serve::new(
         server.clone(),
         args.preload != Preload::None,
-        !args.no_passthrough,
+        args.passthrough,
     ));
     let files = backend.verify_all(args.preload == Preload::All)?;
     eprintln!(
@@ -142,8 +173,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("yolo-store: metrics at http://{addr}/metrics");
     }
     let root = server.images_dir().to_path_buf();
-    let served = run_mount(backend, root, &args.mountpoint, &args.fuse.options());
-    served?;
+    serve_handed_over(backend, root, control, &args.fuse.options())?;
     let stats = server.stats();
     eprintln!(
         "yolo-store: unmounted; {} reads, {} from the store, {} from files, cache {} hits / {} misses, {} chunk failures, {} passthrough opens",
@@ -156,4 +186,44 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         stats.passthrough_opens,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mount --upgrade`: asks the supervisor of the mount at `mountpoint`
+/// (named in its status file) to start the binary now at its path and hand
+/// the mount over, and waits until a new server answers.
+fn upgrade(mountpoint: &Path) -> anyhow::Result<ExitCode> {
+    let before = super::status::read_status(mountpoint)?;
+    let field = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_u64);
+    let (Some(supervisor), Some(upgrades)) = (
+        field(&before, "supervisor_pid"),
+        field(&before, "server_upgrades"),
+    ) else {
+        anyhow::bail!(
+            "{} is not served under a supervisor (no supervisor_pid in its status)",
+            mountpoint.display()
+        );
+    };
+    let pid = libc::pid_t::try_from(supervisor).context("supervisor_pid")?;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("signalling the supervisor (pid {pid})"));
+    }
+    // The new server opens the store before it takes over; a minute is far
+    // more than that takes, and the supervisor logs why it gave up.
+    for _ in 0..600 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = super::status::read_status(mountpoint)?;
+        if field(&now, "server_upgrades").is_some_and(|n| n > upgrades) {
+            println!(
+                "upgraded: server pid {} (was {})",
+                field(&now, "server_pid").unwrap_or(0),
+                field(&before, "server_pid").unwrap_or(0)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    anyhow::bail!(
+        "no new server took over within a minute; the old one still serves (see the mount's log)"
+    )
 }

@@ -1,6 +1,6 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -24,22 +24,34 @@ const SOURCE: &str = "yolo-store";
 /// live on a filesystem of our type, so `status` of another directory (or
 /// a link to /etc) prints nothing of it.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let body = read_body(&args.mountpoint)?;
+    writeln!(std::io::stdout().lock(), "{}", body.trim_end())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status of the mount at `mountpoint`, parsed.
+pub fn read_status(mountpoint: &Path) -> anyhow::Result<serde_json::Value> {
+    let body = read_body(mountpoint)?;
+    serde_json::from_str(&body)
+        .with_context(|| format!("parsing {}", mountpoint.join(STATUS_FILE).display()))
+}
+
+fn read_body(mountpoint: &Path) -> anyhow::Result<String> {
     let not_ours = || {
         format!(
             "{} is not a yolo-store mount (give the mountpoint itself, not a symlink)",
-            args.mountpoint.display()
+            mountpoint.display()
         )
     };
-    let mut file = open_file_in(&args.mountpoint, STATUS_FILE).with_context(not_ours)?;
+    let mut file = open_file_in(mountpoint, STATUS_FILE).with_context(not_ours)?;
     let dev = file.metadata().with_context(not_ours)?.dev();
     if !is_yolo_mount(dev)? {
         anyhow::bail!(not_ours());
     }
     let mut body = String::new();
     file.read_to_string(&mut body)
-        .with_context(|| format!("reading {}", args.mountpoint.join(STATUS_FILE).display()))?;
-    writeln!(std::io::stdout().lock(), "{}", body.trim_end())?;
-    Ok(ExitCode::SUCCESS)
+        .with_context(|| format!("reading {}", mountpoint.join(STATUS_FILE).display()))?;
+    Ok(body)
 }
 
 /// Whether device `dev` is a mounted yolo-store filesystem.

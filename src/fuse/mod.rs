@@ -9,6 +9,7 @@ mod passthrough;
 mod record;
 mod serve;
 mod session;
+mod takeover;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -30,6 +31,7 @@ pub use inodes::STATUS_FILE;
 pub use record::Record;
 pub use serve::Serve;
 pub use session::{check_mount_paths, run_mount, MountOptions};
+pub use takeover::{serve_handed_over, supervise, ServerProcess};
 
 use attr::{attr_of, status_attr};
 use inodes::{Inodes, STATUS_INO};
@@ -79,7 +81,7 @@ pub enum OpenAs {
 /// FUSE passthrough for this mount, as settled at init.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Passthrough {
-    /// Not asked for (the record backend, `--no-passthrough`).
+    /// Not asked for (the record backend, a mount without `--passthrough`).
     Off,
     /// Granted: opens may be passed through.
     Granted,
@@ -109,6 +111,12 @@ pub struct ImagesFs<B: Backend> {
     inodes: Inodes,
     handles: RwLock<HashMap<u64, Handle<B::Handle>>>,
     next_fh: AtomicU64,
+    /// Which server of the mount this is (0 for the first): the high half
+    /// of every file handle it gives out, so a handle from an earlier
+    /// server is never mistaken for one of ours.
+    generation: u64,
+    /// Set under a supervisor: who serves, for the status file.
+    process: Option<ServerProcess>,
     max_readahead: u32,
     passthrough: Passthrough,
     io_modes: IoModes<BackingId>,
@@ -116,12 +124,28 @@ pub struct ImagesFs<B: Backend> {
 
 impl<B: Backend> ImagesFs<B> {
     pub fn new(backend: Arc<B>, root: PathBuf, max_readahead: u32) -> Self {
+        Self::resumed(backend, root, max_readahead, Inodes::default(), 0, None)
+    }
+
+    /// A server taking over a mount: the inode table its predecessors
+    /// logged, and its place in the line of servers.
+    fn resumed(
+        backend: Arc<B>,
+        root: PathBuf,
+        max_readahead: u32,
+        inodes: Inodes,
+        generation: u32,
+        process: Option<ServerProcess>,
+    ) -> Self {
+        let generation = u64::from(generation);
         ImagesFs {
             backend,
             root,
-            inodes: Inodes::default(),
+            inodes,
             handles: RwLock::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new((generation << 32) | 1),
+            generation,
+            process,
             max_readahead,
             passthrough: Passthrough::Off,
             io_modes: IoModes::default(),
@@ -199,6 +223,56 @@ impl<B: Backend> ImagesFs<B> {
         fh
     }
 
+    /// Opens inode `ino`: on the kernel's open, or again for a handle an
+    /// earlier server of this mount gave out.
+    fn open_handle(&self, ino: u64) -> Result<(Handle<B::Handle>, FopenFlags), Errno> {
+        if ino == STATUS_INO {
+            // A snapshot per open, read with direct I/O so its size (0 in
+            // getattr) does not matter.
+            let mut body = self.backend.status();
+            if let Some(process) = &self.process {
+                body = process.add_to_status(body);
+            }
+            return Ok((Handle::Status(Arc::new(body)), FopenFlags::FOPEN_DIRECT_IO));
+        }
+        let rel = self.inodes.path(ino).ok_or(Errno::ENOENT)?;
+        match self.backend.open(&rel) {
+            Ok(handle) => {
+                // Only for a handle of an earlier server, whose kernel open
+                // stays as it was: untracked here, never passed through.
+                let flags = match self.backend.open_as(&handle) {
+                    OpenAs::Flags(f) | OpenAs::Passthrough { fallback: f } => f,
+                };
+                Ok((Handle::File(Arc::new(handle), Opened::Untracked), flags))
+            }
+            Err(e) => {
+                eprintln!("yolo-store: open {rel}: {e}");
+                Err(errno_of(&e))
+            }
+        }
+    }
+
+    /// The handle `fh` names. One that an earlier server gave out (the
+    /// kernel keeps handles across a takeover) is opened again from its
+    /// inode, once, and kept under the same number until its release.
+    fn handle(&self, ino: u64, fh: u64) -> Result<Handle<B::Handle>, Errno> {
+        if let Some(handle) = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
+            return Ok(handle.clone());
+        }
+        if fh >> 32 >= self.generation {
+            return Err(Errno::EBADF);
+        }
+        let (handle, _) = self.open_handle(ino)?;
+        let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
+        // Two reads of one old handle can race here: the first one kept wins.
+        Ok(handles.entry(fh).or_insert(handle).clone())
+    }
+
     /// The attributes of `rel` (relative path), if it is something we serve.
     /// No symlink is followed, on the way or at the end.
     fn stat(&self, ino: u64, rel: &str) -> Result<fuser::FileAttr, Errno> {
@@ -209,25 +283,8 @@ impl<B: Backend> ImagesFs<B> {
 
 impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        if self.backend.wants_passthrough() {
-            self.passthrough = match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
-                Ok(()) => {
-                    // 2, the kernel's most: backing files may sit on an
-                    // overlayfs (a container's); nothing stacks on us.
-                    if let Err(most) = config.set_max_stack_depth(2) {
-                        let _ = config.set_max_stack_depth(most);
-                    }
-                    Passthrough::Granted
-                }
-                Err(_) => Passthrough::NotOffered,
-            };
-        }
-        // The kernel offers at most its bdi's read_ahead_kb here (128 KiB by
-        // default); asking for more fails, so the session raises the bdi
-        // limit after mounting (see `session::set_bdi_read_ahead`).
-        if let Err(offered) = config.set_max_readahead(self.max_readahead) {
-            let _ = config.set_max_readahead(offered);
-        }
+        self.passthrough =
+            configure_init(config, self.max_readahead, self.backend.wants_passthrough());
         Ok(())
     }
 
@@ -241,7 +298,13 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
         let Some(rel) = self.inodes.child_path(parent.0, name) else {
             return reply.error(Errno::ENOENT);
         };
-        let ino = self.inodes.ino_of(&rel);
+        let ino = match self.inodes.ino_of(&rel) {
+            Ok(ino) => ino,
+            Err(e) => {
+                eprintln!("yolo-store: logging the inode of {rel}: {e}");
+                return reply.error(Errno::EIO);
+            }
+        };
         match self.stat(ino, &rel) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -266,10 +329,10 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             return reply.error(Errno::EROFS);
         }
         if ino.0 == STATUS_INO {
-            // A snapshot per open, read with direct I/O so its size (0 in
-            // getattr) does not matter.
-            let fh = self.add_handle(Handle::Status(Arc::new(self.backend.status())));
-            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+            return match self.open_handle(ino.0) {
+                Ok((handle, flags)) => reply.opened(FileHandle(self.add_handle(handle)), flags),
+                Err(e) => reply.error(e),
+            };
         }
         let Some(rel) = self.inodes.path(ino.0) else {
             return reply.error(Errno::ENOENT);
@@ -286,7 +349,7 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -294,15 +357,9 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let handle = match self
-            .handles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
-        {
-            Some(handle) => handle,
-            None => return reply.error(Errno::EBADF),
+        let handle = match self.handle(ino.0, fh.0) {
+            Ok(handle) => handle,
+            Err(e) => return reply.error(e),
         };
         match handle {
             Handle::File(h, _) => match self.backend.read(&h, offset, size) {
@@ -353,13 +410,13 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
         let Some(rel) = self.inodes.path(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
+        let parent = match self.inodes.parent_ino(ino.0) {
+            Ok(parent) => parent,
+            Err(e) => return reply.error(Errno::from(e)),
+        };
         let mut entries: Vec<(u64, FileType, String)> = vec![
             (ino.0, FileType::Directory, ".".into()),
-            (
-                self.inodes.parent_ino(ino.0),
-                FileType::Directory,
-                "..".into(),
-            ),
+            (parent, FileType::Directory, "..".into()),
         ];
         if ino.0 == INodeNo::ROOT.0 {
             entries.push((STATUS_INO, FileType::RegularFile, STATUS_FILE.into()));
@@ -381,7 +438,11 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
                 EntryKind::File => FileType::RegularFile,
                 EntryKind::Dir => FileType::Directory,
             };
-            entries.push((self.inodes.ino_of(&child), kind, name));
+            let child_ino = match self.inodes.ino_of(&child) {
+                Ok(child_ino) => child_ino,
+                Err(e) => return reply.error(Errno::from(e)),
+            };
+            entries.push((child_ino, kind, name));
         }
         for (i, (child_ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(child_ino), (i + 1) as u64, kind, &name) {
@@ -418,6 +479,38 @@ impl<B: Backend> fuser::Filesystem for ImagesFs<B> {
             Ok(s) => reply.statfs(s.0, s.1, s.2, s.3, s.4, s.5, 255, s.5),
             Err(e) => reply.error(Errno::from(e)),
         }
+    }
+}
+
+/// What every mount asks of the kernel at INIT (the supervisor's INIT too).
+/// What the mount asks of the kernel at INIT (once per mount, by the
+/// supervisor or by a server of its own): read-ahead, FUSE_NOTIFY_RESEND
+/// for takeovers, and FUSE passthrough if `passthrough`. Returns whether
+/// passthrough was granted.
+fn configure_init(config: &mut KernelConfig, max_readahead: u32, passthrough: bool) -> Passthrough {
+    // The kernel offers at most its bdi's read_ahead_kb here (128 KiB by
+    // default); asking for more fails, so the session raises the bdi
+    // limit after mounting (see `session::set_bdi_read_ahead`).
+    if let Err(offered) = config.set_max_readahead(max_readahead) {
+        let _ = config.set_max_readahead(offered);
+    }
+    // Tells the kernel that a server may ask it to queue again the requests
+    // a dead server had read (FUSE_NOTIFY_RESEND); refused by kernels
+    // before 6.10, where a takeover then fails those requests instead.
+    let _ = config.add_capabilities(fuser::InitFlags::FUSE_HAS_RESEND);
+    if !passthrough {
+        return Passthrough::Off;
+    }
+    match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+        Ok(()) => {
+            // 2, the kernel's most: backing files may sit on an overlayfs
+            // (a container's); nothing stacks on us.
+            if let Err(most) = config.set_max_stack_depth(2) {
+                let _ = config.set_max_stack_depth(most);
+            }
+            Passthrough::Granted
+        }
+        Err(_) => Passthrough::NotOffered,
     }
 }
 

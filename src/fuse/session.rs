@@ -20,6 +20,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Read-ahead the daemon asks for, and the bdi limit it sets (KiB).
     pub read_ahead_kb: u32,
+    /// Ask the kernel for FUSE passthrough (`mount --passthrough`).
+    pub passthrough: bool,
 }
 
 /// Checks, before anything is opened or mounted, that `images` is a
@@ -56,20 +58,7 @@ pub fn run_mount<B: Backend>(
     opts: &MountOptions,
 ) -> anyhow::Result<()> {
     let fs = ImagesFs::new(backend, root, opts.read_ahead_kb * 1024);
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::DefaultPermissions,
-        MountOption::FSName("yolo-store".into()),
-        MountOption::Subtype("yolo".into()),
-    ];
-    if opts.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = true;
+    let config = fuse_config(opts);
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let session = fuser::spawn_mount(fs, mountpoint, &config)
         .with_context(|| format!("mounting on {}", mountpoint.display()))?;
@@ -97,9 +86,28 @@ pub fn run_mount<B: Backend>(
     Ok(())
 }
 
+/// The mount options and request loops of every mount.
+pub(super) fn fuse_config(opts: &MountOptions) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+        MountOption::FSName("yolo-store".into()),
+        MountOption::Subtype("yolo".into()),
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    config
+}
+
 /// The kernel caps a FUSE mount's buffered read-ahead at its bdi's
 /// `read_ahead_kb` (128 KiB by default), whatever `max_readahead` says.
-fn set_bdi_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
+pub(super) fn set_bdi_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<()> {
     let dev = std::fs::metadata(mountpoint)?.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     std::fs::write(

@@ -122,8 +122,20 @@ impl Mount {
     /// Starts `yolo-store --store STORE VERB --images IMAGES POINT ARGS...`
     /// and waits until the mount answers.
     pub fn start(env: &Env, verb: &str, images: &Path, point: &Path, args: &[&str]) -> Mount {
+        Mount::start_with(Path::new(BIN), env, verb, images, point, args)
+    }
+
+    /// [`Mount::start`] with the yolo-store binary at `bin`.
+    pub fn start_with(
+        bin: &Path,
+        env: &Env,
+        verb: &str,
+        images: &Path,
+        point: &Path,
+        args: &[&str],
+    ) -> Mount {
         std::fs::create_dir_all(point).expect("mountpoint");
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .arg("--store")
             .arg(env.store())
             .arg(verb)
@@ -181,15 +193,34 @@ impl Mount {
         panic!("identities still pending: {}", self.status());
     }
 
-    /// Kills the daemon with SIGKILL (no cleanup runs), then detaches the
-    /// dead mount.
+    /// Kills the daemon with SIGKILL (no cleanup runs), its server process
+    /// too, then detaches the dead mount.
     pub fn kill_hard(mut self) -> u32 {
+        let server = self.status()["server_pid"].as_u64();
         let mut child = self.child.take().expect("mount running");
         let pid = child.id();
         child.kill().expect("SIGKILL");
         let _ = child.wait();
+        if let Some(server) = server {
+            kill(server as u32, libc::SIGKILL);
+            wait_gone(server as u32);
+        }
         let _ = Command::new("umount").arg("-l").arg(&self.point).status();
         pid
+    }
+
+    /// The supervisor's pid (the `yolo-store mount` process).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mount running").id()
+    }
+
+    /// Waits for the supervisor, after something else ended the mount.
+    pub fn wait(mut self) -> Output {
+        self.child
+            .take()
+            .expect("mount running")
+            .wait_with_output()
+            .expect("mount output")
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -283,4 +314,33 @@ pub fn boot_blocks() -> Vec<u64> {
     blocks.extend((96..130).rev());
     blocks.push(136);
     blocks
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Waits until process `pid` (not our child) is gone.
+pub fn wait_gone(pid: u32) {
+    for _ in 0..1000 {
+        // A zombie is gone too: its reaper may be slow (or never come).
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                return
+            }
+            Ok(_) => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} is still there");
 }

@@ -69,7 +69,8 @@ mount_yolo() {
         kill -0 "$mount_pid" || { cat "$work/mount.log" >&2; exit 1; }
         sleep 0.2
     done
-    scripts/slow-disk.sh join "$disk" "$mount_pid"
+    # The supervisor and the server process that reads the VMIs.
+    scripts/slow-disk.sh join "$disk" "$mount_pid" "$(status "d['server_pid']")"
 }
 unmount_yolo() { umount "$mnt"; wait "$mount_pid" || true; mount_pid=""; }
 counters() { scripts/slow-disk.sh stats "$disk" | sed 's/^reads=\([0-9]*\) read_bytes=\([0-9]*\).*/\1 \2/'; }

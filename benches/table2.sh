@@ -46,7 +46,8 @@ mount_yolo() { # as in benches/paper-io.sh: hashed outside the group, then joine
     mount_pid=$!
     for _ in $(seq 300); do [ -e "$mnt/.yolo-status" ] && break; sleep 0.1; done
     until [ "$(status "d['startup_verification_done']")" = True ]; do sleep 0.2; done
-    scripts/slow-disk.sh join "$disk" "$mount_pid"
+    # The supervisor and the server process that reads the VMIs.
+    scripts/slow-disk.sh join "$disk" "$mount_pid" "$(status "d['server_pid']")"
 }
 unmount_yolo() { umount "$mnt"; wait "$mount_pid" || true; mount_pid=""; }
 throttled() { scripts/slow-disk.sh run "$disk" -- "$@"; }

@@ -118,7 +118,9 @@ echo "normal: ${wave[*]} booted in ${normal}s (each: $(cat "${wave[@]/#/$work/bo
 pid=$!
 wait_mounted "$mnt"
 wait_verified "$mnt"
-scripts/slow-disk.sh join "$disk" "$pid"
+# The supervisor (whose restarted servers start in its group) and the
+# server that reads the VMIs.
+scripts/slow-disk.sh join "$disk" "$pid" "$(python3 -c "import json; print(json.load(open('$mnt/.yolo-status'))['server_pid'])")"
 drop; r0=$(reads_now); start_readers
 yolo=$(boot_wave "$mnt")
 stop_readers; r1=$(reads_now)

@@ -8,7 +8,7 @@
 #
 #   scripts/slow-disk.sh up PROFILE DIR   make DIR a throttled disk (SIZE, default 8G)
 #   scripts/slow-disk.sh run DIR -- CMD   run CMD (and its children) in DIR's group
-#   scripts/slow-disk.sh join DIR PID     move running process PID (all its threads) there
+#   scripts/slow-disk.sh join DIR PID...  move running processes (all their threads) there
 #   scripts/slow-disk.sh stats DIR        the group's counters and read limits for the
 #                                         device, as the kernel has them, one line:
 #                                         reads=N read_bytes=B writes=N write_bytes=B
@@ -39,7 +39,7 @@
 set -euo pipefail
 
 die() { echo "slow-disk: $*" >&2; exit 1; }
-usage() { die "usage: $0 up PROFILE DIR | run DIR -- CMD... | join DIR PID | stats DIR | down DIR"; }
+usage() { die "usage: $0 up PROFILE DIR | run DIR -- CMD... | join DIR PID... | stats DIR | down DIR"; }
 
 profile_limits() { # PROFILE -> "IOPS BPS"
     case $1 in
@@ -178,10 +178,12 @@ run)
     echo "$BASHPID" > "$cg/cgroup.procs"
     exec "$@" ;;
 join)
-    [ $# -eq 2 ] || usage
-    need_root; names "$1"
+    [ $# -ge 2 ] || usage
+    need_root; names "$1"; shift
     [ -n "$cg" ] && [ -d "$cg" ] || die "$dir is not a slow disk ('$0 up PROFILE $dir')"
     # cgroup.procs moves the whole thread group (v1 and v2).
-    echo "$2" > "$cg/cgroup.procs" || die "could not move process $2 into $cg" ;;
+    for pid in "$@"; do
+        echo "$pid" > "$cg/cgroup.procs" || die "could not move process $pid into $cg"
+    done ;;
 *) usage ;;
 esac

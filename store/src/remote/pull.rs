@@ -35,6 +35,9 @@ pub struct PullReport {
     /// Pack bytes moved (chunks as stored: compressed), including the bytes
     /// between needed chunks that a range or whole-pack GET carried along.
     pub downloaded_bytes: u64,
+    /// Stored (compressed) bytes of the chunks this store lacked: what a
+    /// perfect transfer would move.
+    pub needed_bytes: u64,
     /// GETs of packs: whole, and ranges of them.
     pub pack_gets: u64,
     pub range_gets: u64,
@@ -59,11 +62,10 @@ pub struct PullFailure {
 /// Needed stored bytes fetched per step (a killed pull keeps every step it
 /// finished).
 const WINDOW_BYTES: u64 = 32 << 20;
-/// A pack is fetched whole when at least this share of it is needed.
-const WHOLE_SHARE: f64 = 0.5;
-/// Needed ranges closer than this are fetched as one: a request costs
-/// about this much in headers on the wire.
-const GAP: u64 = 2048;
+/// What a GET costs on the wire besides its body: a signed request and the
+/// response's headers, about 1 KB against radosgw (benches/remote.sh).
+/// Needed ranges closer than this are fetched as one.
+const REQUEST_COST: u64 = 1024;
 
 /// Pulls the named boot images (all on the remote when `names` is empty).
 pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullReport> {
@@ -155,6 +157,7 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
             by_pack.len() - 1
         });
         by_pack[at].1.push(pos);
+        report.needed_bytes += u64::from(index.packs[&pack].entries[pos as usize].stored_len);
     }
     let total: u64 = missing.iter().map(|id| u64::from(raw_len[id])).sum();
     remote.report_progress(0, total);
@@ -235,36 +238,22 @@ struct Request {
     chunks: Vec<(ChunkId, u64, u32)>,
 }
 
-/// How to fetch the needed entries of a pack: the whole pack when most of
-/// it is needed, else ranges that each cover needed chunks no further apart
-/// than `GAP`.
+/// How to fetch the needed entries of a pack: ranges that each cover
+/// needed chunks no further apart than a request costs.
 fn plan_requests(desc: &layout::PackDesc, mut positions: Vec<u32>) -> Vec<Request> {
     positions.sort_unstable();
     positions.dedup();
     let offsets = desc.offsets();
-    let len = desc.len();
-    let needed: u64 = positions
-        .iter()
-        .map(|&p| u64::from(desc.entries[p as usize].stored_len))
-        .sum();
     let chunk = |p: u32| {
         let e = desc.entries[p as usize];
         (e.id, offsets[p as usize], e.stored_len)
     };
-    if needed as f64 >= WHOLE_SHARE * len as f64 {
-        return vec![Request {
-            pack: desc.id,
-            range: 0..len,
-            whole: true,
-            chunks: positions.into_iter().map(chunk).collect(),
-        }];
-    }
     let mut out: Vec<Request> = Vec::new();
-    for p in positions {
+    for &p in &positions {
         let (id, offset, stored) = chunk(p);
         let end = offset + u64::from(stored);
         match out.last_mut() {
-            Some(r) if offset <= r.range.end + GAP => {
+            Some(r) if offset <= r.range.end + REQUEST_COST => {
                 r.range.end = end;
                 r.chunks.push((id, offset, stored));
             }
@@ -275,6 +264,13 @@ fn plan_requests(desc: &layout::PackDesc, mut positions: Vec<u32>) -> Vec<Reques
                 chunks: vec![(id, offset, stored)],
             }),
         }
+    }
+    // Merging ranges whose gaps cost less than a request already makes
+    // this cheaper than the whole pack (each gap left costs more than the
+    // request it saves); a range that covers the pack is a whole-pack GET.
+    let len = desc.len();
+    for r in &mut out {
+        r.whole = r.range == (0..len);
     }
     out
 }
@@ -412,4 +408,45 @@ fn check_chunk(id: &ChunkId, value: &[u8], raw_len: u32) -> std::result::Result<
         ));
     }
     decode_chunk(id, value, raw_len).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use layout::{PackDesc, PackEntry};
+
+    fn pack(n: u8) -> PackDesc {
+        PackDesc {
+            id: PackId::of(&[n]),
+            entries: (0..n)
+                .map(|i| PackEntry {
+                    id: ChunkId::of(&[i]),
+                    raw_len: 4096,
+                    stored_len: 1000,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn needed_chunks_closer_than_a_request_share_a_range() {
+        let desc = pack(100);
+        // A run at the end of the pack: one range, exactly those bytes.
+        let tail = plan_requests(&desc, (60..100).collect());
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].range, 60_000..100_000);
+        assert!(!tail[0].whole);
+        // One gap of a chunk (cheaper than a request) is carried along.
+        let gapped = plan_requests(&desc, vec![10, 12, 50]);
+        let ranges: Vec<_> = gapped.iter().map(|r| r.range.clone()).collect();
+        assert_eq!(ranges, [10_000..13_000, 50_000..51_000]);
+        assert_eq!(gapped[0].chunks.len(), 2);
+        // Every other chunk, first to last: the whole pack in one GET.
+        let sparse = plan_requests(&desc, (0..100).step_by(2).collect());
+        assert_eq!(sparse.len(), 1);
+        assert_eq!(sparse[0].range, 0..99_000);
+        let all = plan_requests(&desc, (0..100).collect());
+        assert!(all.len() == 1 && all[0].whole);
+        assert_eq!(sparse[0].chunks.len(), 50);
+    }
 }

@@ -39,8 +39,8 @@ pub struct PushReport {
     pub manifest_bytes: u64,
 }
 
-/// Chunks read and checked per step, before they are packed.
-const WINDOW: usize = 4096;
+/// Raw bytes read, checked and packed per step, whatever the chunking.
+const WINDOW_BYTES: u64 = 32 << 20;
 
 /// Pushes the named boot images (all when `names` is empty).
 pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushReport> {
@@ -91,9 +91,24 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
     remote.report_progress(0, total);
     let level = store.config().zstd_level;
 
+    // Steps of at most WINDOW_BYTES raw (at least one chunk each).
+    let mut windows: Vec<&[ChunkId]> = Vec::new();
+    let (mut start, mut raw) = (0usize, 0u64);
+    for (i, id) in missing.iter().enumerate() {
+        let len = infos.get(id).map_or(0, |info| u64::from(info.raw_len));
+        if raw + len > WINDOW_BYTES && i > start {
+            windows.push(&missing[start..i]);
+            (start, raw) = (i, 0);
+        }
+        raw += len;
+    }
+    if start < missing.len() {
+        windows.push(&missing[start..]);
+    }
+    let last = windows.len();
     let mut new_packs: Vec<PackDesc> = Vec::new();
     let mut open = Pack::default();
-    for (w, window) in missing.chunks(WINDOW).enumerate() {
+    for (w, window) in windows.into_iter().enumerate() {
         lock.check_held()?;
         // Checked before it leaves the node (`read_chunk` hashes it): a
         // corrupt local chunk must not reach every other node.
@@ -113,7 +128,7 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
                 full.push(std::mem::take(&mut open));
             }
         }
-        if (w + 1) * WINDOW >= missing.len() && !open.entries.is_empty() {
+        if w + 1 == last && !open.entries.is_empty() {
             full.push(std::mem::take(&mut open));
         }
         for (desc, len) in upload_packs(remote, full)? {

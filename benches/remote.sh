@@ -23,6 +23,7 @@ runs=${RUNS:-3}
 jobs=${JOBS:-32}
 Y=${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}/release/yolo-store
 V1=${V1:-}
+command -v iptables >/dev/null || apt-get install -y -q --no-install-recommends iptables >/dev/null
 mapfile -t yolos < <(ls "$images"/*.yolo | sort)
 [ ${#yolos[@]} -ge 5 ] || { echo "need 5 boot images in $images (run scripts/demo.sh)" >&2; exit 1; }
 yolos=("${yolos[@]:0:5}")

@@ -457,4 +457,68 @@ mod tests {
         lacking.chunks[0].id = ChunkId::of(b"nowhere");
         assert!(encode_manifest(&lacking, &index).is_err());
     }
+
+    /// Random damage to the inner bytes of valid objects (re-wrapped in
+    /// zstd, so the parsers see it): every decoder answers, none panics,
+    /// and a damaged manifest never passes its hash.
+    #[test]
+    fn damaged_objects_are_refused_without_panicking() {
+        let packs = vec![PackDesc {
+            id: PackId::of(b"p"),
+            entries: (0..20).map(entry).collect(),
+        }];
+        let mut index = Index::default();
+        index.add(packs[0].clone());
+        let manifest = Manifest {
+            block_size: 4096,
+            file_size: 64 * 4096,
+            identity: FileIdentity([1; 32]),
+            blocks: (0..20).rev().collect(),
+            chunks: (0..20u8)
+                .map(|i| ChunkRef {
+                    id: ChunkId::of(&[i]),
+                    len: 4096,
+                })
+                .collect(),
+        };
+        let inner_index = unzstd(&encode_index(&packs)).unwrap();
+        let inner_manifest = unzstd(&encode_manifest(&manifest, &index).unwrap()).unwrap();
+        let hash = manifest.hash();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..4000 {
+            let (inner, is_index) = if round % 2 == 0 {
+                (&inner_index, true)
+            } else {
+                (&inner_manifest, false)
+            };
+            let mut bytes = inner.clone();
+            match next() % 3 {
+                0 => bytes.truncate((next() as usize) % bytes.len()),
+                1 => {
+                    for _ in 0..1 + next() % 4 {
+                        let at = (next() as usize) % bytes.len();
+                        bytes[at] = next() as u8;
+                    }
+                }
+                _ => {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at..].iter_mut().take(4).for_each(|b| *b = 0xff);
+                }
+            }
+            let object = zstd(&bytes);
+            if is_index {
+                let _ = decode_index(&object, 4096);
+            } else if bytes != *inner {
+                if let Ok((m, _)) = decode_manifest(&hash, &object, &index) {
+                    assert_eq!(m, manifest, "a damaged manifest passed as another");
+                }
+            }
+        }
+    }
 }

@@ -52,6 +52,9 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             human::bytes(report.local_raw_bytes),
         );
     }
+    for refused in &report.refused_index_objects {
+        eprintln!("yolo-store: refused remote index object {refused}");
+    }
     for failure in &report.failed {
         eprintln!(
             "yolo-store: refused {}: remote object {}: {}",

@@ -91,7 +91,9 @@ fn plan(remote: &Remote, lock: &RemoteLock, grace: Duration) -> Result<(RemoteGc
         ..RemoteGcPlan::default()
     };
     let max_raw = remote.config()?.map_or(u32::MAX, |c| c.chunking.max_len());
-    let (index, _) = remote.runtime.block_on(remote.load_index(None, max_raw))?;
+    let (index, _, _) = remote
+        .runtime
+        .block_on(remote.load_index(None, max_raw, true))?;
     let versions = remote.runtime.block_on(remote.list_manifests())?;
     let current = current_versions(&versions);
     let mut keep: Vec<(ManifestVersion, bool)> = Vec::new();

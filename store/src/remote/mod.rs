@@ -355,11 +355,17 @@ impl Remote {
     /// immutable and named by their hash, so those in `cache` (a directory
     /// of the local store) are read from disk, checked against their name;
     /// only new ones cross the network, and are kept there for next time.
+    ///
+    /// `strict` (gc) fails on any index object that does not hash to its
+    /// name or decode; otherwise (push, pull) such an object is left out
+    /// and returned with why: pull then refuses only the VMIs whose packs
+    /// no other index object lists, and push re-sends their chunks.
     async fn load_index(
         &self,
         cache: Option<&std::path::Path>,
         max_raw: u32,
-    ) -> Result<(Index, u64)> {
+        strict: bool,
+    ) -> Result<(Index, u64, Vec<(String, String)>)> {
         let listed = self.list("index/").await?;
         let keys: Vec<(String, IndexHash)> = listed
             .into_iter()
@@ -382,28 +388,36 @@ impl Remote {
                 }
             }
         }
-        let fetched: Vec<(String, bytes::Bytes, bool)> = futures::stream::iter(keys)
+        type Got = std::result::Result<bytes::Bytes, String>;
+        let fetched: Vec<(String, Got, bool)> = futures::stream::iter(keys)
             .map(|(key, hash)| async move {
                 let cached = cache.and_then(|dir| std::fs::read(dir.join(hex32(&hash))).ok());
                 if let Some(bytes) = cached.filter(|b| blake3::hash(b).as_bytes() == &hash) {
-                    return Ok((key, bytes::Bytes::from(bytes), false));
+                    return Ok::<_, Error>((key, Ok(bytes::Bytes::from(bytes)), false));
                 }
                 let bytes = self.get(&key).await?;
                 if blake3::hash(&bytes).as_bytes() != &hash {
-                    return Err(self.error(format!(
-                        "{key}: its content does not match the BLAKE3 in its name"
-                    )));
+                    let why = "its content does not match the BLAKE3 in its name".to_string();
+                    return Ok((key, Err(why), true));
                 }
-                Ok((key, bytes, true))
+                Ok((key, Ok(bytes), true))
             })
             .buffer_unordered(self.options.concurrency)
             .try_collect()
             .await?;
         let mut index = Index::default();
         let mut moved = 0u64;
+        let mut refused = Vec::new();
         for (key, bytes, fresh) in fetched {
-            let packs = layout::decode_index(&bytes, max_raw)
-                .map_err(|why| self.error(format!("{key}: {why}")))?;
+            let decoded = bytes.and_then(|b| layout::decode_index(&b, max_raw).map(|p| (b, p)));
+            let (bytes, packs) = match decoded {
+                Ok(decoded) => decoded,
+                Err(why) if strict => return Err(self.error(format!("{key}: {why}"))),
+                Err(why) => {
+                    refused.push((key, why));
+                    continue;
+                }
+            };
             if fresh {
                 moved += bytes.len() as u64;
                 if let (Some(dir), Some(hex)) = (cache, key.strip_prefix("index/")) {
@@ -419,7 +433,7 @@ impl Remote {
             }
             index.objects.push(key);
         }
-        Ok((index, moved))
+        Ok((index, moved, refused))
     }
 
     /// Every pack object, with when it was written and its size.

@@ -44,6 +44,9 @@ pub struct PullReport {
     pub manifest_bytes: u64,
     /// Index objects downloaded (those not in the local cache).
     pub index_bytes: u64,
+    /// Index objects refused (with why); the VMIs that need the packs only
+    /// they list are in `failed`.
+    pub refused_index_objects: Vec<String>,
     /// Chunks this store had already: raw bytes the transfer dedup saved.
     pub local_chunks: u64,
     pub local_raw_bytes: u64,
@@ -87,10 +90,15 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     }
     let max_raw = store.config().chunking.max_len();
     let cache = super::index_cache(store);
-    let (index, index_bytes) = remote
-        .runtime
-        .block_on(remote.load_index(Some(&cache), max_raw))?;
+    let (index, index_bytes, refused) =
+        remote
+            .runtime
+            .block_on(remote.load_index(Some(&cache), max_raw, false))?;
     report.index_bytes = index_bytes;
+    report.refused_index_objects = refused
+        .into_iter()
+        .map(|(key, why)| format!("{key}: {why}"))
+        .collect();
 
     let mut manifests: Vec<(String, Manifest)> = Vec::new();
     let mut place: HashMap<ChunkId, Place> = HashMap::new();

@@ -31,6 +31,8 @@ pub struct PushReport {
     pub packs: Vec<String>,
     /// Index bytes written (one object per push that sent packs).
     pub index_bytes: u64,
+    /// Index objects on the remote that were refused (with why).
+    pub refused_index_objects: Vec<String>,
     /// Chunks the remote had already: the transfer dedup saved.
     pub present_chunks: u64,
     pub present_bytes: u64,
@@ -61,9 +63,16 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
     };
     let max_raw = store.config().chunking.max_len();
     let cache = super::index_cache(store);
-    let (mut index, _) = remote
-        .runtime
-        .block_on(remote.load_index(Some(&cache), max_raw))?;
+    // An index object that is refused only hides its packs: their chunks
+    // count as missing and are sent again, with an index of their own.
+    let (mut index, _, refused) =
+        remote
+            .runtime
+            .block_on(remote.load_index(Some(&cache), max_raw, false))?;
+    report.refused_index_objects = refused
+        .into_iter()
+        .map(|(key, why)| format!("{key}: {why}"))
+        .collect();
 
     // Distinct chunks in the order the boot images first use them, so a
     // VMI's own chunks sit together in few packs and a node that lacks

@@ -17,9 +17,9 @@ use crate::verify::verify;
 
 /// The pack file holding `id` in a `file://` remote, and its offset there.
 fn place_of(remote: &Remote, dir: &Path, id: &ChunkId) -> (std::path::PathBuf, usize) {
-    let (index, _) = remote
+    let (index, _, _) = remote
         .runtime
-        .block_on(remote.load_index(None, u32::MAX))
+        .block_on(remote.load_index(None, u32::MAX, true))
         .unwrap();
     let (pack, pos) = index.chunks[id];
     let offset = index.packs[&pack].offsets()[pos as usize];
@@ -216,9 +216,9 @@ fn a_new_version_replaces_the_old_and_gc_waits_for_the_grace_period() {
     assert_eq!(collected.plan.referenced_chunks, 7);
     assert_eq!(collected.repacked_packs, 1);
     assert_eq!(collected.rewritten_manifests, 1);
-    let (index, _) = remote
+    let (index, _, _) = remote
         .runtime
-        .block_on(remote.load_index(None, u32::MAX))
+        .block_on(remote.load_index(None, u32::MAX, true))
         .unwrap();
     assert_eq!(index.chunks.len(), 7, "only the live chunks are indexed");
     assert_eq!(index.objects.len(), 1, "gc rewrote the index as one object");
@@ -344,10 +344,27 @@ fn a_remote_chunk_longer_than_the_chunking_allows_is_refused_before_it_is_decode
     std::fs::write(dir.join(&key), bytes).unwrap();
 
     let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
-    // The index bounds each chunk by the remote's chunking: the whole
-    // index is refused before any chunk is fetched.
-    let err = pull(&b, &remote, &[]).unwrap_err().to_string();
-    assert!(err.contains("beyond this remote's chunking"), "{err}");
+    // The index bounds each chunk by the remote's chunking: the index
+    // object that lists it is refused before any chunk is fetched, the VMI
+    // that needs its pack with it; the rest of the remote still pulls.
+    let pulled = pull(&b, &remote, &[]).unwrap();
+    assert_eq!(pulled.names, ["base"]);
+    assert_eq!(pulled.failed.len(), 1);
+    assert_eq!(pulled.failed[0].name, "evil");
+    assert!(
+        pulled.failed[0].why.contains("no index lists"),
+        "{:?}",
+        pulled.failed[0]
+    );
+    assert_eq!(pulled.refused_index_objects.len(), 1);
+    assert!(
+        pulled.refused_index_objects[0].contains("beyond this remote's chunking"),
+        "{:?}",
+        pulled.refused_index_objects
+    );
+    // gc never acts on a partial index.
+    let err = remote_gc(&remote, Duration::ZERO, true).unwrap_err();
+    assert!(err.to_string().contains("beyond"), "{err}");
     assert!(verify(&b).unwrap().is_clean());
 }
 

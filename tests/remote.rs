@@ -10,7 +10,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{capture_blocks, vmi, Env, Mount, BIN};
-use yolo_store_core::ChunkId;
 
 const BUCKET: &str = "yolo-test";
 const RGW_PORT: &str = "17480";
@@ -214,6 +213,12 @@ fn two_nodes_share_a_family_through_ceph() {
     let pushed = ceph.json(&a, &["push", "--remote", r]);
     assert_eq!(n(&pushed, "manifests_uploaded"), 1);
     let unique = n(&pushed, "uploaded_chunks");
+    // dev.img's own chunks travel in a pack of their own (kept to corrupt
+    // it below).
+    let dev_packs = pushed["packs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(dev_packs.len(), 1, "{pushed}");
+    let dev_pack = dev_packs[0].as_str().unwrap_or_default().to_string();
+    let dev_pack_len = n(&pushed, "uploaded_bytes") as usize;
     assert!(unique > 0 && n(&pushed, "present_chunks") > unique);
     let pulled = ceph.json(&b, &["pull", "--remote", r]);
     assert_eq!(n(&pulled, "downloaded_chunks"), unique);
@@ -246,11 +251,11 @@ fn two_nodes_share_a_family_through_ceph() {
 
     // A killed push, then a killed pull, each run again to completion. A
     // large VMI of its own makes the transfers long enough to interrupt.
-    let big = family(&env, &["big.img"], 9, 3000);
+    let big = family(&env, &["big.img"], 9, 12000);
     ceph.ok(&a, &["import", big[0].to_str().expect("utf-8")]);
     let push = ["push", "--remote", r];
     assert!(
-        [700, 1200, 2000]
+        [300, 700, 1200, 2000]
             .iter()
             .any(|&ms| kill_after(&ceph, &a, &push, ms)),
         "the push always finished before it was killed"
@@ -262,12 +267,18 @@ fn two_nodes_share_a_family_through_ceph() {
     assert_eq!(total, n(&resumed, "chunks"));
     let pull = ["pull", "--remote", r];
     assert!(
-        [2500, 1500, 800]
+        // Ascending: a pull that finished leaves nothing for the next try.
+        [150, 300, 600, 1200, 2500]
             .iter()
             .any(|&ms| kill_after(&ceph, &b, &pull, ms)),
         "the pull always finished before it was killed"
     );
     ceph.ok(&b, &["verify"]);
+    let listed = ceph.json(&b, &["ls"]).to_string();
+    assert!(
+        !listed.contains("big.img"),
+        "registered by a killed pull: {listed}"
+    );
     let resumed = ceph.json(&b, &["pull", "--remote", r]);
     println!("resumed pull: {resumed}");
     assert!(ceph.ok(&b, &["verify"]).contains("clean"));
@@ -281,32 +292,43 @@ fn two_nodes_share_a_family_through_ceph() {
     // A remote object corrupted on purpose is refused and named; the VMIs
     // that do not use it arrive.
     let c = env.path("node-c");
-    // With 4 KiB chunks, a block of dev.img's own is a chunk only it has.
-    let victim = ChunkId::of(&dev[100 * 4096..101 * 4096]).to_hex();
-    let key = format!("family/chunks/{}/{victim}", &victim[..2]);
-    ceph.put_object(&key, b"\x01\x10\x00\x00\x00not a zstd frame");
+    // dev.img's pack, overwritten with bytes of the same length: every
+    // chunk in it fails its check.
+    ceph.put_object(&format!("family/{dev_pack}"), &vec![1u8; dev_pack_len]);
     let out = ceph.run(&c, &["pull", "--remote", r]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a corrupt object must fail the pull");
     assert!(
-        stderr.contains("refused dev.img") && stderr.contains(&victim),
+        stderr.contains("refused dev.img") && stderr.contains(&dev_pack),
         "{stderr}"
     );
     assert!(ceph.ok(&c, &["verify"]).contains("clean"));
     assert_eq!(ceph.json(&c, &["ls"]).as_array().map(Vec::len), Some(5));
 
-    // Remote gc: a VMI changes on A; its old unique chunks go once older
-    // than the grace period (0 here), and B's next pull still completes.
+    // Remote gc. web.img changes on A: its old own chunks are a small part
+    // of a shared pack, not worth a repack. big.img changes too: its old
+    // packs hold only its own chunks, and go once older than the grace
+    // period (0 here). B's next pull still completes.
     let changed = family(&env, &["web.img"], 20, 40);
     ceph.ok(&a, &["import", changed[0].to_str().expect("utf-8")]);
+    let big2 = family(&env, &["big.img"], 30, 2000);
+    ceph.ok(&a, &["import", big2[0].to_str().expect("utf-8")]);
     ceph.ok(&a, &["push", "--remote", r]);
     let kept = ceph.json(&a, &["gc", "--remote", r, "--dry-run"]);
-    assert!(n(&kept["plan"], "young_chunks") >= 40, "{kept}");
+    assert!(n(&kept["plan"], "young_chunks") >= 12040, "{kept}");
     assert_eq!(kept["plan"]["chunks"].as_array().map(Vec::len), Some(0));
     let collected = ceph.json(&a, &["gc", "--remote", r, "--grace", "0s"]);
-    assert!(n(&collected, "deleted_chunks") >= 40, "{collected}");
+    assert!(n(&collected, "deleted_chunks") >= 12000, "{collected}");
+    assert!(n(&collected, "deleted_packs") >= 1, "{collected}");
+    assert!(
+        n(&collected["plan"], "kept_dead_chunks") >= 40,
+        "{collected}"
+    );
     ceph.ok(&b, &["pull", "--remote", r]);
-    let ours = export(&ceph, &a, "web.img", &env.path("a.yolo"));
-    let theirs = export(&ceph, &b, "web.img", &env.path("b.yolo"));
-    assert!(ours == theirs);
+    for name in ["web.img", "big.img"] {
+        let ours = export(&ceph, &a, name, &env.path("a.yolo"));
+        let theirs = export(&ceph, &b, name, &env.path("b.yolo"));
+        assert!(ours == theirs, "{name} differs after remote gc");
+    }
+    assert!(ceph.ok(&b, &["verify"]).contains("clean"));
 }

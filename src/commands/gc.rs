@@ -97,21 +97,29 @@ fn run_remote(url: &str, args: &Args) -> anyhow::Result<ExitCode> {
     }
     let plan = &report.plan;
     outln!(
-        "remote gc plan for {}: {} unreferenced chunks ({}) older than {} s to delete, \
-         {} younger kept, {} referenced; {} superseded manifest(s)",
+        "remote gc plan for {}: {} unreferenced chunks ({}) in packs older than {} s to drop \
+         ({} pack(s) to delete, {} to repack), {} younger kept, {} kept in mostly live packs, \
+         {} referenced; {} superseded manifest(s)",
         remote.url(),
         plan.chunks.len(),
         human::bytes(plan.bytes),
         plan.grace_secs,
+        plan.delete_packs.len(),
+        plan.repack_packs.len(),
         plan.young_chunks,
+        plan.kept_dead_chunks,
         plan.referenced_chunks,
         plan.manifests.len()
     );
     if !args.dry_run {
         outln!(
-            "remote gc done: deleted {} chunks ({}) and {} manifest(s)",
+            "remote gc done: dropped {} chunks ({}): {} pack(s) deleted, {} repacked, \
+             {} manifest(s) re-encoded; {} superseded manifest(s) deleted",
             report.deleted_chunks,
             human::bytes(report.deleted_bytes),
+            report.deleted_packs,
+            report.repacked_packs,
+            report.rewritten_manifests,
             report.deleted_manifests
         );
     }

@@ -38,16 +38,22 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         outln!(
-            "pulled {} VMI(s) from {} ({} unchanged): {} chunks downloaded ({}), \
-             {} already here ({} not moved)",
+            "pulled {} VMI(s) from {} ({} unchanged): {} chunks downloaded ({} in {} \
+             pack and {} range GETs, {} of index and manifests), {} already here ({} not moved)",
             report.names.len(),
             remote.url(),
             report.unchanged.len(),
             report.downloaded_chunks,
-            human::bytes(report.downloaded_bytes + report.manifest_bytes),
+            human::bytes(report.downloaded_bytes),
+            report.pack_gets,
+            report.range_gets,
+            human::bytes(report.index_bytes + report.manifest_bytes),
             report.local_chunks,
             human::bytes(report.local_raw_bytes),
         );
+    }
+    for refused in &report.refused_index_objects {
+        eprintln!("yolo-store: refused remote index object {refused}");
     }
     for failure in &report.failed {
         eprintln!(

@@ -26,12 +26,13 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         outln!(
-            "pushed {} VMI(s) to {}: {} chunks uploaded ({}), {} already there ({} not sent); \
-             {} manifest(s) written",
+            "pushed {} VMI(s) to {}: {} chunks uploaded ({} in {} pack(s)), {} already there \
+             ({} not sent); {} manifest(s) written",
             report.names.len(),
             remote.url(),
             report.uploaded_chunks,
             human::bytes(report.uploaded_bytes),
+            report.packs.len(),
             report.present_chunks,
             human::bytes(report.present_bytes),
             report.manifests_uploaded,

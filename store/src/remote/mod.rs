@@ -3,17 +3,20 @@
 //! docs/remote.md specifies the layout and the protocol:
 //!
 //! - `yolo-remote.json`: layout version and the chunking every node must use.
-//! - `chunks/<2 hex>/<64 hex>`: a chunk's stored value (as in the local
-//!   store), named by the BLAKE3 of its raw bytes; created, never replaced.
-//! - `manifests/<name>/<64 hex>`: a VMI's manifest, named by the BLAKE3 of
-//!   its bytes; the newest version of a name is the VMI's boot image.
+//! - `packs/<2 hex>/<64 hex>`: chunks' stored values end to end, a few MiB,
+//!   named by the BLAKE3 of the pack's bytes; created, never replaced.
+//! - `index/<64 hex>`: which pack holds which chunk; immutable, merged on
+//!   read, cached by nodes (they are named by their hash).
+//! - `manifests/<name>/<64 hex>`: a VMI's manifest, its chunks referenced by
+//!   pack and position, named by the BLAKE3 of the full manifest's bytes;
+//!   the newest version of a name is the VMI's boot image.
 //! - `locks/<kind>-<id>`: who is pushing, pulling or collecting now.
 //!
-//! Everything is immutable once written, so readers never see half an
-//! object, and order alone makes it consistent: chunks before the manifest
-//! that references them.
+//! Order alone makes it consistent: packs before the index that lists
+//! them, the index before the manifests that reference it (layout.rs).
 
 mod gc;
+mod layout;
 mod lock;
 mod pull;
 mod push;
@@ -33,15 +36,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunking::Chunking;
 use crate::id::{ChunkId, ManifestHash};
-use crate::manifest::Manifest;
 use crate::store::StoreConfig;
 use crate::{Error, Result};
+use layout::{Index, PackId};
 
 pub use gc::{remote_gc, RemoteGcPlan, RemoteGcReport};
 pub use pull::{pull, PullFailure, PullReport};
 pub use push::{push, PushReport};
 
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 const CONFIG_KEY: &str = "yolo-remote.json";
 
 /// How to reach a remote. Credentials are not here: they come from the
@@ -241,9 +244,22 @@ impl Remote {
         };
         let config: RemoteConfig =
             serde_json::from_slice(&bytes).map_err(|e| self.error(format!("{CONFIG_KEY}: {e}")))?;
+        if config.layout == 1 {
+            // Layout 1 keeps a chunk per object and needs the full listing
+            // that layout 2 exists to avoid; its manifests cannot be read
+            // without it. Migrating is one push from a node that holds the
+            // images, so this build refuses it rather than keep both.
+            return Err(self.error(
+                "remote layout 1 (one object per chunk) is not read by this build, \
+                 which uses layout 2 (packs and an index); push from a node that \
+                 holds the boot images to a new prefix (or an emptied one), \
+                 and pull from there",
+            ));
+        }
         if config.layout != LAYOUT {
             return Err(self.error(format!(
-                "remote layout {} is not supported (this build: {LAYOUT})",
+                "remote layout {} is unknown to this build (layout {LAYOUT}); \
+                 update yolo-store to pull from it",
                 config.layout
             )));
         }
@@ -335,30 +351,104 @@ impl Remote {
             .collect())
     }
 
-    /// Every chunk on the remote, with when it was written. Listed by the
-    /// 256 first-byte prefixes at once, so a large remote lists in parallel.
-    async fn list_chunks(&self) -> Result<HashMap<ChunkId, ChunkObject>> {
-        let prefixes: Vec<String> = (0..=255u8).map(|b| format!("chunks/{b:02x}/")).collect();
-        let listed: Vec<Vec<(String, ObjectMeta)>> = futures::stream::iter(prefixes)
-            .map(|prefix| async move { self.list(&prefix).await })
+    /// The remote's index: every index object, merged. Index objects are
+    /// immutable and named by their hash, so those in `cache` (a directory
+    /// of the local store) are read from disk, checked against their name;
+    /// only new ones cross the network, and are kept there for next time.
+    ///
+    /// `strict` (gc) fails on any index object that does not hash to its
+    /// name or decode; otherwise (push, pull) such an object is left out
+    /// and returned with why: pull then refuses only the VMIs whose packs
+    /// no other index object lists, and push re-sends their chunks.
+    async fn load_index(
+        &self,
+        cache: Option<&std::path::Path>,
+        max_raw: u32,
+        strict: bool,
+    ) -> Result<(Index, u64, Vec<(String, String)>)> {
+        let listed = self.list("index/").await?;
+        let keys: Vec<(String, IndexHash)> = listed
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let hash = key.strip_prefix("index/")?.parse::<ChunkId>().ok()?;
+                Some((key, hash.0))
+            })
+            .collect();
+        if let Some(dir) = cache {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            // Index objects gc replaced are gone from the listing: forget them.
+            let listed: std::collections::HashSet<String> =
+                keys.iter().map(|(_, h)| hex32(h)).collect();
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !listed.contains(&name) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        type Got = std::result::Result<bytes::Bytes, String>;
+        let fetched: Vec<(String, Got, bool)> = futures::stream::iter(keys)
+            .map(|(key, hash)| async move {
+                let cached = cache.and_then(|dir| std::fs::read(dir.join(hex32(&hash))).ok());
+                if let Some(bytes) = cached.filter(|b| blake3::hash(b).as_bytes() == &hash) {
+                    return Ok::<_, Error>((key, Ok(bytes::Bytes::from(bytes)), false));
+                }
+                let bytes = self.get(&key).await?;
+                if blake3::hash(&bytes).as_bytes() != &hash {
+                    let why = "its content does not match the BLAKE3 in its name".to_string();
+                    return Ok((key, Err(why), true));
+                }
+                Ok((key, Ok(bytes), true))
+            })
             .buffer_unordered(self.options.concurrency)
             .try_collect()
             .await?;
-        let mut chunks = HashMap::new();
-        for (key, meta) in listed.into_iter().flatten() {
-            // Anything else under chunks/ is not ours to judge; skip it.
-            if let Some(id) = chunk_id_of_key(&key) {
-                let written = meta.last_modified.into();
-                chunks.insert(
-                    id,
-                    ChunkObject {
-                        written,
-                        size: meta.size,
-                    },
-                );
+        let mut index = Index::default();
+        let mut moved = 0u64;
+        let mut refused = Vec::new();
+        for (key, bytes, fresh) in fetched {
+            let decoded = bytes.and_then(|b| layout::decode_index(&b, max_raw).map(|p| (b, p)));
+            let (bytes, packs) = match decoded {
+                Ok(decoded) => decoded,
+                Err(why) if strict => return Err(self.error(format!("{key}: {why}"))),
+                Err(why) => {
+                    refused.push((key, why));
+                    continue;
+                }
+            };
+            if fresh {
+                moved += bytes.len() as u64;
+                if let (Some(dir), Some(hex)) = (cache, key.strip_prefix("index/")) {
+                    // A cache that cannot be written only costs a download.
+                    let tmp = dir.join(format!(".{hex}.tmp"));
+                    if std::fs::write(&tmp, &bytes).is_ok() {
+                        let _ = std::fs::rename(&tmp, dir.join(hex));
+                    }
+                }
             }
+            for pack in packs {
+                index.add(pack);
+            }
+            index.objects.push(key);
         }
-        Ok(chunks)
+        Ok((index, moved, refused))
+    }
+
+    /// Every pack object, with when it was written and its size.
+    async fn list_packs(&self) -> Result<HashMap<PackId, (SystemTime, u64)>> {
+        Ok(self
+            .list("packs/")
+            .await?
+            .into_iter()
+            .filter_map(|(key, meta)| {
+                Some((
+                    PackId::of_key(&key)?,
+                    (meta.last_modified.into(), meta.size),
+                ))
+            })
+            .collect())
     }
 
     /// Every manifest version on the remote.
@@ -372,21 +462,16 @@ impl Remote {
     }
 }
 
-/// What a listing says of a chunk object.
-#[derive(Clone, Copy, Debug)]
-struct ChunkObject {
-    written: SystemTime,
-    size: u64,
+type IndexHash = [u8; 32];
+
+/// Where a store keeps the remote index objects it has read (any remote's:
+/// they are named by their hash). Deleting it costs one download.
+fn index_cache(store: &crate::store::Store) -> std::path::PathBuf {
+    store.path().join("remote-index")
 }
 
-fn chunk_key(id: &ChunkId) -> String {
-    let hex = id.to_hex();
-    format!("chunks/{}/{hex}", &hex[..2])
-}
-
-fn chunk_id_of_key(key: &str) -> Option<ChunkId> {
-    let hex = key.strip_prefix("chunks/")?.split_once('/')?.1;
-    hex.parse::<ChunkId>().ok()
+fn hex32(bytes: &[u8; 32]) -> String {
+    ChunkId(*bytes).to_hex()
 }
 
 /// One object under `manifests/`: a version of a VMI's manifest.
@@ -431,37 +516,6 @@ fn current_versions(versions: &[ManifestVersion]) -> HashMap<String, ManifestVer
         }
     }
     current
-}
-
-/// Largest manifest a remote may hand us (about 30 million blocks).
-const MAX_MANIFEST: u64 = 256 << 20;
-
-/// A manifest as stored on the remote: one zstd frame of its bytes (block
-/// id lists compress well), named by the BLAKE3 of the bytes.
-fn encode_manifest_object(manifest: &Manifest) -> Result<(ManifestHash, Vec<u8>)> {
-    let bytes = manifest.encode();
-    let object = zstd::bulk::compress(&bytes, 3)
-        .map_err(|e| Error::Invalid(format!("compressing a manifest: {e}")))?;
-    Ok((ManifestHash(*blake3::hash(&bytes).as_bytes()), object))
-}
-
-/// The manifest in a remote object, checked against the hash in its name.
-fn decode_manifest_object(
-    hash: &ManifestHash,
-    object: &[u8],
-) -> std::result::Result<Manifest, String> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    zstd::stream::read::Decoder::new(object)
-        .and_then(|d| d.take(MAX_MANIFEST + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("not a zstd frame: {e}"))?;
-    if bytes.len() as u64 > MAX_MANIFEST {
-        return Err(format!("larger than {MAX_MANIFEST} bytes"));
-    }
-    if blake3::hash(&bytes).as_bytes() != &hash.0 {
-        return Err("its content does not match the BLAKE3 in its name".into());
-    }
-    Manifest::decode(&bytes).map_err(|e| e.to_string())
 }
 
 fn manifest_key(name: &str, hash: &ManifestHash) -> String {
@@ -520,10 +574,10 @@ mod key_tests {
     }
 
     #[test]
-    fn chunk_keys_round_trip() {
-        let id = ChunkId::of(b"chunk");
-        assert_eq!(chunk_id_of_key(&chunk_key(&id)), Some(id));
-        assert_eq!(chunk_id_of_key("chunks/00/nothex"), None);
+    fn pack_keys_round_trip() {
+        let id = PackId::of(b"pack");
+        assert_eq!(PackId::of_key(&id.key()), Some(id));
+        assert_eq!(PackId::of_key("packs/00/nothex"), None);
     }
 }
 

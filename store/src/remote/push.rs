@@ -1,16 +1,18 @@
-//! `push`: the chunks the remote lacks, then the manifests that reference
-//! them. A killed push leaves only whole chunks behind (an S3 PUT is
-//! atomic), so running it again lists them as present and goes on.
-
-use std::collections::BTreeSet;
+//! `push`: the chunks the remote lacks, in packs of a few MiB; then one
+//! index object that lists those packs; then the manifests, which reference
+//! chunks by pack and position. A killed push leaves whole packs behind (an
+//! S3 PUT is atomic) that no index lists: run again, it packs the same
+//! chunks into the same bytes, finds those packs present and goes on; gc
+//! removes packs no index lists once they are older than the grace period.
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::layout::{self, PackDesc, PackEntry, PackId, PACK_TARGET};
 use super::lock::LockKind;
-use super::{chunk_key, current_versions, encode_manifest_object, manifest_key, Remote};
+use super::{current_versions, manifest_key, Remote};
 use crate::codec::encode_chunk;
 use crate::id::{ChunkId, ManifestHash};
 use crate::manifest::Manifest;
@@ -23,7 +25,14 @@ pub struct PushReport {
     /// Distinct chunks the pushed manifests reference.
     pub chunks: u64,
     pub uploaded_chunks: u64,
+    /// Pack bytes sent (chunks as stored: compressed).
     pub uploaded_bytes: u64,
+    /// Pack objects written, by key.
+    pub packs: Vec<String>,
+    /// Index bytes written (one object per push that sent packs).
+    pub index_bytes: u64,
+    /// Index objects on the remote that were refused (with why).
+    pub refused_index_objects: Vec<String>,
     /// Chunks the remote had already: the transfer dedup saved.
     pub present_chunks: u64,
     pub present_bytes: u64,
@@ -32,8 +41,8 @@ pub struct PushReport {
     pub manifest_bytes: u64,
 }
 
-/// Chunks read, checked and uploaded per step.
-const WINDOW: usize = 1024;
+/// Raw bytes read, checked and packed per step, whatever the chunking.
+const WINDOW_BYTES: u64 = 32 << 20;
 
 /// Pushes the named boot images (all when `names` is empty).
 pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushReport> {
@@ -52,76 +61,123 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
         names,
         ..PushReport::default()
     };
-
-    let needed: BTreeSet<ChunkId> = manifests
-        .iter()
-        .flat_map(|(_, m)| m.chunks.iter().map(|c| c.id))
+    let max_raw = store.config().chunking.max_len();
+    let cache = super::index_cache(store);
+    // An index object that is refused only hides its packs: their chunks
+    // count as missing and are sent again, with an index of their own.
+    let (mut index, _, refused) =
+        remote
+            .runtime
+            .block_on(remote.load_index(Some(&cache), max_raw, false))?;
+    report.refused_index_objects = refused
+        .into_iter()
+        .map(|(key, why)| format!("{key}: {why}"))
         .collect();
-    report.chunks = needed.len() as u64;
-    let on_remote = remote.runtime.block_on(remote.list_chunks())?;
-    let mut missing = Vec::new();
-    for id in needed {
-        match on_remote.get(&id) {
-            Some(object) => {
-                report.present_chunks += 1;
-                report.present_bytes += object.size;
+
+    // Distinct chunks in the order the boot images first use them, so a
+    // VMI's own chunks sit together in few packs and a node that lacks
+    // only them fetches few ranges.
+    let mut seen = std::collections::HashSet::new();
+    let mut missing: Vec<ChunkId> = Vec::new();
+    for (_, manifest) in &manifests {
+        for chunk in &manifest.chunks {
+            if !seen.insert(chunk.id) {
+                continue;
             }
-            None => missing.push(id),
+            match index.chunks.get(&chunk.id) {
+                Some(&(pack, pos)) => {
+                    report.present_chunks += 1;
+                    report.present_bytes +=
+                        u64::from(index.packs[&pack].entries[pos as usize].stored_len);
+                }
+                None => missing.push(chunk.id),
+            }
         }
     }
+    report.chunks = seen.len() as u64;
     let infos = store.chunk_infos_of(missing.clone())?;
-    // In pack order, so each pack is decoded once.
-    missing.sort_by_key(|id| infos.get(id).map(|i| (i.pack, i.offset)));
     let total: u64 = infos.values().map(|i| u64::from(i.stored_len)).sum();
     remote.report_progress(0, total);
     let level = store.config().zstd_level;
 
-    for window in missing.chunks(WINDOW) {
+    // Steps of at most WINDOW_BYTES raw (at least one chunk each).
+    let mut windows: Vec<&[ChunkId]> = Vec::new();
+    let (mut start, mut raw) = (0usize, 0u64);
+    for (i, id) in missing.iter().enumerate() {
+        let len = infos.get(id).map_or(0, |info| u64::from(info.raw_len));
+        if raw + len > WINDOW_BYTES && i > start {
+            windows.push(&missing[start..i]);
+            (start, raw) = (i, 0);
+        }
+        raw += len;
+    }
+    if start < missing.len() {
+        windows.push(&missing[start..]);
+    }
+    let last = windows.len();
+    let mut new_packs: Vec<PackDesc> = Vec::new();
+    let mut open = Pack::default();
+    for (w, window) in windows.into_iter().enumerate() {
         lock.check_held()?;
         // Checked before it leaves the node (`read_chunk` hashes it): a
-        // corrupt local chunk must not reach every other node. On the
-        // remote each chunk is an object of its own.
+        // corrupt local chunk must not reach every other node.
         let raws = window
             .iter()
             .map(|id| store.read_chunk(id))
             .collect::<Result<Vec<_>>>()?;
-        let checked: Vec<(ChunkId, bytes::Bytes)> = window
+        let values: Vec<(ChunkId, u32, Vec<u8>)> = window
             .par_iter()
             .zip(raws)
-            .map(|(id, raw)| (*id, bytes::Bytes::from(encode_chunk(&raw, level))))
+            .map(|(id, raw)| (*id, raw.len() as u32, encode_chunk(&raw, level)))
             .collect();
-        let sent: Vec<(bool, u64)> = remote.runtime.block_on(
-            futures::stream::iter(checked)
-                .map(|(id, value)| async move {
-                    let len = value.len() as u64;
-                    let created = remote.put_create(&chunk_key(&id), value.into()).await?;
-                    Ok::<_, Error>((created, len))
-                })
-                .buffer_unordered(remote.options.concurrency)
-                .try_collect(),
-        )?;
-        for (created, len) in sent {
-            // Not created: another node pushed the same chunk meanwhile.
-            if created {
-                report.uploaded_chunks += 1;
-                report.uploaded_bytes += len;
-            } else {
-                report.present_chunks += 1;
-                report.present_bytes += len;
+        let mut full = Vec::new();
+        for (id, raw_len, value) in values {
+            open.push(id, raw_len, value);
+            if open.bytes.len() >= PACK_TARGET {
+                full.push(std::mem::take(&mut open));
             }
+        }
+        if w + 1 == last && !open.entries.is_empty() {
+            full.push(std::mem::take(&mut open));
+        }
+        for (desc, len) in upload_packs(remote, full)? {
+            report.uploaded_chunks += desc.entries.len() as u64;
+            report.uploaded_bytes += len;
+            report.packs.push(desc.id.key());
+            new_packs.push(desc);
         }
         remote.report_progress(report.uploaded_bytes, total);
     }
 
-    // Manifests last: each chunk they reference is on the remote now.
+    // The index next: the packs it lists are all on the remote now.
+    if !new_packs.is_empty() {
+        lock.check_held()?;
+        let object = layout::encode_index(&new_packs);
+        let key = format!("index/{}", PackId::of(&object).to_hex());
+        report.index_bytes = object.len() as u64;
+        remote
+            .runtime
+            .block_on(remote.put_create(&key, object.into()))?;
+        for pack in new_packs {
+            index.add(pack);
+        }
+    }
+
+    // Manifests last: each chunk they reference is in an indexed pack.
     lock.check_held()?;
     let versions = remote.runtime.block_on(remote.list_manifests())?;
     let current = current_versions(&versions);
     for (name, manifest) in &manifests {
-        let (hash, object) = encode_manifest_object(manifest)?;
+        let hash = manifest.hash();
         if current.get(name).map(|v| v.hash) == Some(hash) {
             continue;
         }
+        let object = layout::encode_manifest(manifest, &index).map_err(|id| {
+            remote.error(format!(
+                "{name}: chunk {} is in no pack after the upload",
+                id.to_hex()
+            ))
+        })?;
         report.manifests_uploaded += 1;
         report.manifest_bytes += object.len() as u64;
         remote
@@ -130,6 +186,46 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
     }
     drop(lock);
     Ok(report)
+}
+
+/// A pack being filled: stored values end to end.
+#[derive(Default)]
+struct Pack {
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Pack {
+    fn push(&mut self, id: ChunkId, raw_len: u32, value: Vec<u8>) {
+        self.entries.push(PackEntry {
+            id,
+            raw_len,
+            stored_len: value.len() as u32,
+        });
+        self.bytes.extend_from_slice(&value);
+    }
+}
+
+/// Uploads packs, create-only: a pack already there (same bytes, same
+/// name) is the one a killed push left, and counts as sent.
+fn upload_packs(remote: &Remote, packs: Vec<Pack>) -> Result<Vec<(PackDesc, u64)>> {
+    remote.runtime.block_on(
+        futures::stream::iter(packs)
+            .map(|pack| async move {
+                let id = PackId::of(&pack.bytes);
+                let len = pack.bytes.len() as u64;
+                remote
+                    .put_create(&id.key(), bytes::Bytes::from(pack.bytes).into())
+                    .await?;
+                let desc = PackDesc {
+                    id,
+                    entries: pack.entries,
+                };
+                Ok::<_, Error>((desc, len))
+            })
+            .buffered(remote.options.concurrency.max(1))
+            .try_collect(),
+    )
 }
 
 /// Writes a new current version of `name`'s manifest, then deletes the

@@ -7,47 +7,24 @@ use std::time::Duration;
 
 use super::lock::LockKind;
 use super::*;
-use crate::format::{BootImage, FileHeader, FileImage};
+use crate::format::BootImage;
 use crate::id::FileIdentity;
 use crate::import::tests::stream;
 use crate::import::{import, ImportOptions};
+use crate::manifest::Manifest;
 use crate::store::Store;
+use crate::testing::family_image as image;
 use crate::verify::verify;
 
-/// A one-file boot image: `shared` blocks common to every seed, then
-/// `own` blocks of its own.
-fn image(name: &str, seed: u64, shared: u64, own: u64) -> BootImage {
-    let block = |s: u64, i: u64| -> Vec<u8> {
-        let mut x = s * 1_000_003 + i * 2 + 1; // odd, distinct per block
-        (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 11) as u8
-            })
-            .collect()
-    };
-    let mut data = Vec::new();
-    for i in 0..shared {
-        data.extend(block(0, i));
-    }
-    for i in 0..own {
-        data.extend(block(seed, i));
-    }
-    let n = shared + own;
-    BootImage {
-        block_size: 4096,
-        files: vec![FileImage {
-            header: FileHeader {
-                name: name.to_string(),
-                file_size: n * 4096,
-                identity: FileIdentity([seed as u8; 32]),
-                blocks: (0..n).collect(),
-            },
-            data,
-        }],
-    }
+/// The pack file holding `id` in a `file://` remote, and its offset there.
+fn place_of(remote: &Remote, dir: &Path, id: &ChunkId) -> (std::path::PathBuf, usize) {
+    let (index, _, _) = remote
+        .runtime
+        .block_on(remote.load_index(None, u32::MAX, true))
+        .unwrap();
+    let (pack, pos) = index.chunks[id];
+    let offset = index.packs[&pack].offsets()[pos as usize];
+    (dir.join(pack.key()), offset as usize)
 }
 
 fn store_with(dir: &Path, images: &[BootImage]) -> Store {
@@ -107,6 +84,9 @@ fn pull_moves_only_what_the_store_lacks_and_a_second_pull_nothing() {
     assert_eq!((third.uploaded_chunks, third.present_chunks), (7, 40));
     let pulled = pull(&b, &remote, &["db".to_string()]).unwrap();
     assert_eq!((pulled.downloaded_chunks, pulled.local_chunks), (7, 40));
+    // B read the first index object before and kept it: only the new one
+    // crosses the network.
+    assert_eq!(pulled.index_bytes, third.index_bytes);
     assert!(stream(&b, "db") == stream(&a, "db"));
     assert!(verify(&b).unwrap().is_clean());
 }
@@ -121,13 +101,13 @@ fn a_corrupt_or_missing_remote_chunk_is_refused_and_named() {
     let dir = tmp.path().join("remote");
     let remote = remote(&dir);
     push(&a, &remote, &[]).unwrap();
-    // web's last block is its own: corrupt that chunk on the remote.
+    // web's last block is its own: corrupt that chunk inside its pack.
     let web = a.manifest("web").unwrap();
     let victim = web.chunks.last().unwrap().id;
-    let object = dir.join(chunk_key(&victim));
-    let mut bytes = std::fs::read(&object).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x55;
+    let (object, at) = place_of(&remote, &dir, &victim);
+    let whole = std::fs::read(&object).unwrap();
+    let mut bytes = whole.clone();
+    bytes[at + 7] ^= 0x55;
     std::fs::write(&object, &bytes).unwrap();
 
     let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
@@ -135,7 +115,11 @@ fn a_corrupt_or_missing_remote_chunk_is_refused_and_named() {
     assert_eq!(pulled.names, ["base"], "base does not use the bad chunk");
     assert_eq!(pulled.failed.len(), 1);
     assert_eq!(pulled.failed[0].name, "web");
-    assert_eq!(pulled.failed[0].object, chunk_key(&victim));
+    assert!(
+        pulled.failed[0].object.contains(&victim.to_hex()),
+        "{:?}",
+        pulled.failed[0]
+    );
     assert!(matches!(b.manifest("web"), Err(Error::UnknownVmi(_))));
     assert!(b.chunk_info(&victim).unwrap().is_none(), "never stored");
     assert!(verify(&b).unwrap().is_clean());
@@ -147,9 +131,10 @@ fn a_corrupt_or_missing_remote_chunk_is_refused_and_named() {
 
     // Once the object is whole again, the pull completes and fetches only
     // what it had not stored yet.
-    push(&a, &remote, &[]).unwrap();
+    std::fs::write(&object, &whole).unwrap();
     let pulled = pull(&b, &remote, &[]).unwrap();
     assert_eq!((pulled.names.len(), pulled.downloaded_chunks), (1, 1));
+    assert_eq!(pulled.range_gets, 1, "one chunk of a pack: a range GET");
     assert!(stream(&b, "web") == stream(&a, "web"));
     assert!(verify(&b).unwrap().is_clean());
 }
@@ -178,23 +163,34 @@ fn a_tampered_manifest_is_refused() {
 #[test]
 fn a_new_version_replaces_the_old_and_gc_waits_for_the_grace_period() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = store_with(&tmp.path().join("a"), &[image("web", 1, 10, 5)]);
+    let a = store_with(&tmp.path().join("a"), &[image("web", 1, 4, 10)]);
     let dir = tmp.path().join("remote");
     let remote = remote(&dir);
     push(&a, &remote, &[]).unwrap();
-    // The VMI changes: 5 chunks of the old version are referenced no more.
-    import(&a, &image("web", 2, 10, 3), &ImportOptions::default()).unwrap();
+    // The VMI changes: 10 chunks of the old version are referenced no more,
+    // most of their pack: gc repacks the 4 that stay.
+    import(&a, &image("web", 2, 4, 3), &ImportOptions::default()).unwrap();
     push(&a, &remote, &[]).unwrap();
     let versions = remote.runtime.block_on(remote.list_manifests()).unwrap();
     assert_eq!(versions.len(), 1, "the superseded version was deleted");
 
     let kept = remote_gc(&remote, Duration::from_secs(3600), false).unwrap();
-    assert_eq!((kept.plan.young_chunks, kept.deleted_chunks), (5, 0));
+    assert_eq!((kept.plan.young_chunks, kept.deleted_chunks), (10, 0));
     let collected = remote_gc(&remote, Duration::ZERO, false).unwrap();
-    assert_eq!(collected.deleted_chunks, 5);
-    assert_eq!(collected.plan.referenced_chunks, 13);
-    let left = remote.runtime.block_on(remote.list_chunks()).unwrap();
-    assert_eq!(left.len(), 13);
+    assert_eq!(collected.deleted_chunks, 10);
+    assert_eq!(collected.plan.referenced_chunks, 7);
+    assert_eq!(collected.repacked_packs, 1);
+    assert_eq!(collected.rewritten_manifests, 1);
+    let (index, _, _) = remote
+        .runtime
+        .block_on(remote.load_index(None, u32::MAX, true))
+        .unwrap();
+    assert_eq!(index.chunks.len(), 7, "only the live chunks are indexed");
+    assert_eq!(index.objects.len(), 1, "gc rewrote the index as one object");
+    assert_eq!(
+        remote.runtime.block_on(remote.list_packs()).unwrap().len(),
+        2
+    );
 
     let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
     pull(&b, &remote, &[]).unwrap();
@@ -278,9 +274,22 @@ fn a_remote_chunk_longer_than_the_chunking_allows_is_refused_before_it_is_decode
     // it would make every decoder allocate 64 MiB, or 4 GiB had it said so.
     let raw = vec![0u8; 64 << 20];
     let id = ChunkId::of(&raw);
-    let object = dir.join(chunk_key(&id));
+    let value = crate::codec::encode_chunk(&raw, 3);
+    let pack = layout::PackId::of(&value);
+    let desc = layout::PackDesc {
+        id: pack,
+        entries: vec![layout::PackEntry {
+            id,
+            raw_len: raw.len() as u32,
+            stored_len: value.len() as u32,
+        }],
+    };
+    let object = dir.join(pack.key());
     std::fs::create_dir_all(object.parent().unwrap()).unwrap();
-    std::fs::write(&object, crate::codec::encode_chunk(&raw, 3)).unwrap();
+    std::fs::write(&object, &value).unwrap();
+    let index_object = layout::encode_index(&[desc.clone()]);
+    let index_key = format!("index/{}", layout::PackId::of(&index_object).to_hex());
+    std::fs::write(dir.join(&index_key), &index_object).unwrap();
     let blocks = (raw.len() / 4096) as u64;
     let manifest = Manifest {
         block_size: 4096,
@@ -292,20 +301,60 @@ fn a_remote_chunk_longer_than_the_chunking_allows_is_refused_before_it_is_decode
             len: raw.len() as u32,
         }],
     };
-    let (hash, bytes) = encode_manifest_object(&manifest).unwrap();
-    let key = manifest_key("evil", &hash);
+    let mut evil = layout::Index::default();
+    evil.add(desc);
+    let bytes = layout::encode_manifest(&manifest, &evil).unwrap();
+    let key = manifest_key("evil", &manifest.hash());
     std::fs::create_dir_all(dir.join(&key).parent().unwrap()).unwrap();
     std::fs::write(dir.join(&key), bytes).unwrap();
 
     let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
+    // The index bounds each chunk by the remote's chunking: the index
+    // object that lists it is refused before any chunk is fetched, the VMI
+    // that needs its pack with it; the rest of the remote still pulls.
     let pulled = pull(&b, &remote, &[]).unwrap();
     assert_eq!(pulled.names, ["base"]);
     assert_eq!(pulled.failed.len(), 1);
     assert_eq!(pulled.failed[0].name, "evil");
     assert!(
-        pulled.failed[0].why.contains("more than"),
-        "{}",
-        pulled.failed[0].why
+        pulled.failed[0].why.contains("no index lists"),
+        "{:?}",
+        pulled.failed[0]
     );
+    assert_eq!(pulled.refused_index_objects.len(), 1);
+    assert!(
+        pulled.refused_index_objects[0].contains("beyond this remote's chunking"),
+        "{:?}",
+        pulled.refused_index_objects
+    );
+    // gc never acts on a partial index.
+    let err = remote_gc(&remote, Duration::ZERO, true).unwrap_err();
+    assert!(err.to_string().contains("beyond"), "{err}");
     assert!(verify(&b).unwrap().is_clean());
+}
+
+#[test]
+fn a_layout_1_remote_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store_with(&tmp.path().join("a"), &[image("base", 1, 4, 4)]);
+    let dir = tmp.path().join("remote");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v1 = serde_json::to_value(RemoteConfig::of(a.config())).unwrap();
+    v1["layout"] = 1.into();
+    std::fs::write(dir.join(CONFIG_KEY), v1.to_string()).unwrap();
+    let remote = remote(&dir);
+    for err in [
+        push(&a, &remote, &[]).unwrap_err(),
+        pull(&a, &remote, &[]).unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(
+            text.contains("layout 1") && text.contains("new prefix"),
+            "{text}"
+        );
+    }
+    v1["layout"] = 3.into();
+    std::fs::write(dir.join(CONFIG_KEY), v1.to_string()).unwrap();
+    let text = pull(&a, &remote, &[]).unwrap_err().to_string();
+    assert!(text.contains("unknown to this build"), "{text}");
 }

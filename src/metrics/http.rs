@@ -71,7 +71,9 @@ where
     Ok(())
 }
 
-/// Too many connections: say so without reading anything.
+/// Too many connections: say so without waiting for the request. What of
+/// it has arrived is read (without waiting), so closing does not reset the
+/// connection and lose the answer.
 fn busy(mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let _ = respond(
@@ -81,6 +83,15 @@ fn busy(mut stream: TcpStream) {
         "too many connections\n",
         false,
     );
+    let _ = stream.shutdown(Shutdown::Write);
+    if stream.set_nonblocking(true).is_ok() {
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
 }
 
 fn handle<F>(mut stream: TcpStream, deadline: Instant, scrape: &F) -> io::Result<()>

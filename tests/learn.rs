@@ -184,3 +184,40 @@ fn a_pause_before_the_boot_reads_its_disk_does_not_end_the_recording() {
     wait_for(&mount, "imported", |l| l["imported"] == 1);
     assert_eq!(learning(&mount)["dropped_too_few_reads"], 0);
 }
+
+/// With --remote, a learned boot image is pushed too: another node pulls
+/// it, so a cloud records each VMI once.
+#[test]
+fn a_learned_boot_image_is_pushed_to_the_remote() {
+    let env = Env::new();
+    let (images, data) = setup(&env);
+    let remote = format!("file://{}", env.path("remote").display());
+    let mut args = LEARN.to_vec();
+    args.extend(["--remote", remote.as_str()]);
+    let mount = Mount::start(&env, "mount", &images, &env.path("mnt"), &args);
+    boot(&mount.file("vmi.img"), &boot_blocks(), &data);
+    wait_for(&mount, "imported", |l| l["imported"] == 1);
+    wait_for(&mount, "pushed", |l| l["pushed"] == 1);
+    let other = env.path("other-node");
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "--store",
+            other.to_str().unwrap(),
+            "pull",
+            "--remote",
+            &remote,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = std::process::Command::new(common::BIN)
+        .args(["--store", other.to_str().unwrap(), "ls", "--json"])
+        .output()
+        .unwrap();
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(ls[0]["name"], "vmi.img", "{ls}");
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use yolo_store_core::{Follower, ImageServer, LearnOptions};
 
+use crate::commands::remote::RemoteArgs;
 use crate::fuse::{check_mount_paths, serve_handed_over, supervise, MountOptions, Serve};
 use crate::human;
 use crate::metrics;
@@ -78,6 +79,16 @@ struct LearnArgs {
     /// Recordings with fewer reads are probes, not boots: not learned.
     #[arg(long, value_name = "N", default_value_t = 64, requires = "learn")]
     learn_min_reads: usize,
+    /// Push every learned boot image to this remote (s3://BUCKET[/PREFIX]
+    /// or file:///DIR), so a cloud records each VMI once, on one node.
+    #[arg(long, value_name = "URL", requires = "learn")]
+    remote: Option<String>,
+    /// With --remote: the S3 endpoint.
+    #[arg(long, requires = "remote")]
+    endpoint: Option<String>,
+    /// With --remote: the S3 region.
+    #[arg(long, requires = "remote")]
+    region: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -149,7 +160,19 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             min_reads: args.learn.learn_min_reads,
             ..LearnOptions::default()
         };
-        server.learn(options).context("starting to learn")?
+        let remote = match &args.learn.remote {
+            Some(url) => {
+                let remote_args = RemoteArgs {
+                    remote: url.clone(),
+                    endpoint: args.learn.endpoint.clone(),
+                    region: args.learn.region.clone(),
+                    jobs: 8,
+                };
+                Some(remote_args.open("push")?.0)
+            }
+            None => None,
+        };
+        server.learn(options, remote).context("starting to learn")?
     } else {
         Arc::new(server)
     };

@@ -141,7 +141,7 @@ impl Collector for Snapshot {
         if let Some(l) = &s.learning {
             let mut learned = out.encode_descriptor(
                 "learnings",
-                "Recorded boots (mount --learn) by outcome: learned (spooled), imported (in the store, checked, served from the next open), or dropped and why.",
+                "Recorded boots (mount --learn) by outcome: learned (spooled), imported (in the store, checked, served from the next open), dropped and why, pushed to the remote or not.",
                 None,
                 MetricType::Counter,
             )?;
@@ -151,6 +151,8 @@ impl Collector for Snapshot {
                 ("dropped_too_few_reads", l.dropped_too_few_reads),
                 ("dropped_vmi_changed", l.dropped_vmi_changed),
                 ("dropped_refused", l.dropped_refused),
+                ("pushed", l.pushed),
+                ("push_failed", l.push_failures),
             ] {
                 ConstCounter::new(value).encode(learned.encode_family(&[("outcome", outcome)])?)?;
             }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::capture::{write_boot_image, CaptureSource};
 use crate::format::BootImage;
 use crate::import::{import, ImportOptions};
+use crate::remote::{push, Remote};
 use crate::serve::open_image_file;
 use crate::store::Store;
 use crate::trace::Read;
@@ -72,9 +73,16 @@ pub struct LearnStats {
     pub dropped_vmi_changed: u64,
     /// The store (or the spool) refused it; the log says why.
     pub dropped_refused: u64,
+    /// Learned boot images pushed to the remote (`--remote`).
+    pub pushed: u64,
+    /// Pushes that failed (the boot image stays in the store; the log
+    /// says why).
+    pub push_failures: u64,
 }
 
 pub struct Learner {
+    /// Where learned boot images are pushed too (`mount --learn --remote`).
+    remote: Option<Remote>,
     store: PathBuf,
     images: PathBuf,
     spool: PathBuf,
@@ -105,12 +113,19 @@ struct Counters {
     too_few: AtomicU64,
     changed: AtomicU64,
     refused: AtomicU64,
+    pushed: AtomicU64,
+    push_failures: AtomicU64,
 }
 
 impl Learner {
     /// A learner for the store at `store`, serving `images` (already
     /// checked by the server). Creates the spool.
-    pub fn new(store: &Path, images: &Path, options: LearnOptions) -> Result<Self> {
+    pub fn new(
+        store: &Path,
+        images: &Path,
+        options: LearnOptions,
+        remote: Option<Remote>,
+    ) -> Result<Self> {
         let spool = store.join(SPOOL_DIR);
         fs::DirBuilder::new()
             .recursive(true)
@@ -119,6 +134,7 @@ impl Learner {
             .map_err(|e| Error::io(&spool, e))?;
         remove_stale_temporaries(&spool);
         Ok(Learner {
+            remote,
             store: store.to_path_buf(),
             images: images.to_path_buf(),
             spool,
@@ -296,6 +312,7 @@ impl Learner {
                         "yolo-store: learning: imported the boot image of {}",
                         report.names.join(", ")
                     );
+                    self.push(&store, &report.names);
                     imported.extend(report.names);
                 }
                 Err(e) => {
@@ -309,6 +326,31 @@ impl Learner {
             let _ = fs::remove_file(&file);
         }
         imported
+    }
+
+    /// Pushes newly imported `names` to the remote, if there is one. A
+    /// failure is counted and logged; the boot image stays in the store.
+    fn push(&self, store: &Store, names: &[String]) {
+        let Some(remote) = &self.remote else { return };
+        match push(store, remote, names) {
+            Ok(_) => {
+                self.counters
+                    .pushed
+                    .fetch_add(names.len() as u64, Ordering::Relaxed);
+                eprintln!(
+                    "yolo-store: learning: pushed {} to {}",
+                    names.join(", "),
+                    remote.url()
+                );
+            }
+            Err(e) => {
+                self.counters.push_failures.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "yolo-store: learning: could not push {}: {e}",
+                    names.join(", ")
+                );
+            }
+        }
     }
 
     /// Counts boot images imported and checked against their files: from
@@ -329,6 +371,8 @@ impl Learner {
             dropped_too_few_reads: get(&c.too_few),
             dropped_vmi_changed: get(&c.changed),
             dropped_refused: get(&c.refused),
+            pushed: get(&c.pushed),
+            push_failures: get(&c.push_failures),
         }
     }
 }

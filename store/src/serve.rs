@@ -33,6 +33,7 @@ use crate::learn::{LearnOptions, LearnStats, Learner};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
+use crate::remote::Remote;
 use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
 
@@ -276,12 +277,13 @@ impl ImageServer {
     /// has none (or one that does not match): see [`Learner`]. A thread
     /// ends recordings, imports them and checks the new boot images, so
     /// the next open of the file is served from the store.
-    pub fn learn(mut self, options: LearnOptions) -> Result<Arc<Self>> {
+    pub fn learn(mut self, options: LearnOptions, remote: Option<Remote>) -> Result<Arc<Self>> {
         let tick = (options.quiet / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         self.learner = Some(Arc::new(Learner::new(
             self.store.path(),
             &self.images,
             options,
+            remote,
         )?));
         let server = Arc::new(self);
         let weak = Arc::downgrade(&server);

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 rows = list(csv.DictReader(open(sys.argv[1])))
 n = [int(r["n"]) for r in rows]
 panels = [
-    ("import per VMI (ms)", ["import_ms_per_vmi"]),
+    ("import per VMI (ms)", ["import_ms_per_vmi", "probe_import_ms_per_vmi"]),
     ("seconds", ["ls_s", "stats_s", "verify_s"]),
     ("mount to every boot image usable (s)", ["mount_first_s", "mount_restart_s"]),
     ("seconds (the removed 10%)", ["import_rm_set_s", "rm_s", "gc_s"]),

@@ -21,6 +21,8 @@ image, of S blocks (the family's Table I boot image size divided by
 A family block is a pool block whose first 16 bytes are replaced by a hash
 of (family, role, index): equal within the family, distinct across
 families, with the rest of the block, and so its compressibility, real.
+Ten probe VMIs (index 5000 and up, Table I's mix) are made too: the bench
+imports them into a store of N VMIs to time the import of one more.
 Everything is deterministic in (family, index), so the fleet of N VMIs is
 the first VMIs of each family of the 1000-VMI fleet and a fleet generated
 once serves every N (`--list N` prints the names of that subset).
@@ -79,6 +81,18 @@ def names(n):
     return out
 
 
+PROBE_FIRST = 5000
+
+
+def probes():
+    """(family index, VMI index) of 10 VMIs outside every fleet, in Table I's
+    mix: the bench imports them into a store of N VMIs to time one more."""
+    out = []
+    for fidx, c in enumerate(family_counts(10)):
+        out += [(fidx, PROBE_FIRST + i) for i in range(c)]
+    return out
+
+
 def read_pool(paths):
     """Distinct full 4 KiB blocks of the .yolo files, in file order."""
     seen, pool = set(), []
@@ -107,6 +121,21 @@ def read_pool(paths):
                         pool.append(blk)
     if not pool:
         sys.exit("empty pool")
+    return pool
+
+
+def synthetic_pool(count):
+    """Blocks of words drawn from a small vocabulary: compressible like
+    system files (zstd -3 gets about 3x), for where no real boot image is
+    at hand (the test suite)."""
+    rng = random.Random("pool")
+    words = [bytes(rng.randrange(32, 127) for _ in range(rng.randrange(2, 12))) for _ in range(512)]
+    pool = []
+    for _ in range(count):
+        out = bytearray()
+        while len(out) < BS:
+            out += rng.choice(words) + b" "
+        pool.append(bytes(out[:BS]))
     return pool
 
 
@@ -202,30 +231,38 @@ def main():
     ap.add_argument("--n", type=int, default=1000, help="VMIs (default 1000)")
     ap.add_argument("--out", help="output directory (images/ and yolo/ under it)")
     ap.add_argument("--pool", help="directory of real .yolo boot images (4 KiB blocks)")
+    ap.add_argument("--synthetic-pool", type=int, metavar="BLOCKS", help="no real boot images: BLOCKS made-up blocks")
     ap.add_argument("--scale", type=float, default=8, help="boot image size = Table I's / SCALE (default 8)")
     ap.add_argument("--vmi-scale", type=float, default=1, help="VMI apparent size = Table I's / VMI_SCALE (default 1)")
     ap.add_argument("--list", type=int, metavar="N", help="print the names of the N-VMI fleet and exit")
+    ap.add_argument("--list-probes", action="store_true", help="print the names of the 10 probe VMIs and exit")
     a = ap.parse_args()
     if a.list is not None:
         print("\n".join(names(a.list)))
         return
-    if not a.out or not a.pool:
-        ap.error("--out and --pool are needed")
-    pool = read_pool(sorted(os.path.join(a.pool, f) for f in os.listdir(a.pool) if f.endswith(".yolo")))
+    if a.list_probes:
+        print("\n".join(f"{TABLE_I[f][0]}-{i:04d}.img" for f, i in probes()))
+        return
+    if not a.out or not (a.pool or a.synthetic_pool):
+        ap.error("--out and --pool (or --synthetic-pool) are needed")
+    if a.pool:
+        pool = read_pool(sorted(os.path.join(a.pool, f) for f in os.listdir(a.pool) if f.endswith(".yolo")))
+    else:
+        pool = synthetic_pool(a.synthetic_pool)
     os.makedirs(os.path.join(a.out, "images"), exist_ok=True)
     os.makedirs(os.path.join(a.out, "yolo"), exist_ok=True)
     total_boot = 0
-    for fidx, count in enumerate(family_counts(a.n)):
-        for i in range(count):
-            name, size, blocks = vmi(pool, fidx, i, a.scale, a.vmi_scale)
-            ypath = os.path.join(a.out, "yolo", name + ".yolo")
-            ipath = os.path.join(a.out, "images", name)
-            total_boot += sum(len(d) for _, d in blocks)
-            if os.path.exists(ypath) and os.path.exists(ipath) and os.path.getsize(ipath) == size:
-                continue  # made by an earlier run: everything is deterministic
-            write_vmi(ipath, size, blocks)
-            write_atomic(ypath, yolo_bytes(name, size, blocks))
-    print(f"{a.n} VMIs, pool {len(pool)} blocks, boot images {total_boot} bytes", file=sys.stderr)
+    todo = [(f, i) for f, c in enumerate(family_counts(a.n)) for i in range(c)] + probes()
+    for fidx, i in todo:
+        name, size, blocks = vmi(pool, fidx, i, a.scale, a.vmi_scale)
+        ypath = os.path.join(a.out, "yolo", name + ".yolo")
+        ipath = os.path.join(a.out, "images", name)
+        total_boot += sum(len(d) for _, d in blocks)
+        if os.path.exists(ypath) and os.path.exists(ipath) and os.path.getsize(ipath) == size:
+            continue  # made by an earlier run: everything is deterministic
+        write_vmi(ipath, size, blocks)
+        write_atomic(ypath, yolo_bytes(name, size, blocks))
+    print(f"{a.n} VMIs and 10 probes, pool {len(pool)} blocks, boot images {total_boot} bytes", file=sys.stderr)
 
 
 if __name__ == "__main__":

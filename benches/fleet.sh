@@ -102,7 +102,10 @@ for n in $NS; do
 	stats_s=$(timed "$BIN" --store "$STORE" stats)
 	verify_s=$(timed "$BIN" --store "$STORE" verify)
 
-	serve=("${keep[@]:0:50}")
+	# 50 VMIs to serve, spread over the families.
+	serve=()
+	step=$(( ${#keep[@]} / 50 )); [ "$step" -ge 1 ] || step=1
+	for ((i = 0; i < ${#keep[@]} && ${#serve[@]} < 50; i += step)); do serve+=("${keep[$i]}"); done
 	start_mount "$n"
 	first=$READY
 	sleep 1
@@ -134,7 +137,7 @@ for n in $NS; do
 	p50=$(echo "$hits" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p50_us"])')
 	p99=$(echo "$hits" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_us"])')
 	row=$(awk -v n="$n" -v boot="$boot" -v imp="$import_s" -v du="$du" -v packs="$packs" 'BEGIN {
-		printf "%d,%d,%s,%.1f,%.1f,%d,%d,%.3f,%.2f", n, boot, imp, imp*1000/n, boot/1e6/imp, du, packs, du/packs, boot/du }')
+		printf "%d,%.0f,%s,%.1f,%.1f,%.0f,%.0f,%.3f,%.2f", n, boot, imp, imp*1000/n, boot/1e6/imp, du, packs, du/packs, boot/du }')
 	echo "$row,$ls_s,$stats_s,$verify_s,$first,$restart,$rss_idle,$rss_idle_restart,$rss_served,$cache,$p50,$p99,$import_rm_set_s,$rm_s,$gc_s,$verify2_s,$probe_ms" | tee -a "$CSV"
 done
 column -s, -t "$CSV" >&2 || true

@@ -560,6 +560,20 @@ impl Store {
         }
     }
 
+    /// Every manifest in name order, one at a time: for answers that need
+    /// each manifest once and never two together (`ls`, `stats`), so they
+    /// hold one manifest in memory, not the whole store's. Records that
+    /// RocksDB cannot read are an error, after the readable ones.
+    pub fn each_manifest(&self, mut each: impl FnMut(&str, Result<Manifest>)) -> Result<()> {
+        let gap = self.scan(CF_MANIFESTS, |key, value| {
+            each(&String::from_utf8_lossy(key), Manifest::decode(value))
+        })?;
+        match gap {
+            Some(gap) => Err(gap.into_error()),
+            None => Ok(()),
+        }
+    }
+
     /// Every manifest RocksDB can read, and the range of names it could
     /// not read (a damaged SST block), if any.
     pub(crate) fn readable_manifests(&self) -> Result<(NamedManifests, Option<Gap>)> {

@@ -39,6 +39,8 @@ now() { date +%s%N; }
 # seconds since $1 (ns), 3 decimals
 since() { local d=$(( $(now) - $1 )); printf '%d.%03d' $((d / 1000000000)) $(( (d / 1000000) % 1000 )); }
 timed() { local t; t=$(now); "$@" >/dev/null; since "$t"; }
+# CPU seconds (user + sys) of one run
+cpu_of() { /usr/bin/time -f "%U %S" "$@" 2>&1 >/dev/null | awk 'END {printf "%.2f", $1 + $2}'; }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 cache_mb() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cache"]["bytes"]/2**20,1))' "$MNT/.yolo-status"; }
 MPID=
@@ -73,7 +75,7 @@ start_mount() {
 	READY=$(since "$t")
 }
 
-echo "n,boot_bytes,import_s,import_ms_per_vmi,import_mb_s,store_du_bytes,pack_bytes,du_over_packs,dedup_on_disk,ls_s,stats_s,verify_s,mount_first_s,mount_restart_s,rss_idle_mb,rss_idle_restart_mb,rss_served_mb,cache_mb,hit_p50_us,hit_p99_us,import_rm_set_s,rm_s,gc_s,verify_after_gc_s,probe_import_ms_per_vmi" >"$CSV"
+echo "n,boot_bytes,import_s,import_ms_per_vmi,import_mb_s,store_du_bytes,pack_bytes,du_over_packs,dedup_on_disk,ls_s,stats_s,verify_s,mount_first_s,mount_restart_s,rss_idle_mb,rss_idle_restart_mb,rss_served_mb,cache_mb,hit_p50_us,hit_p99_us,import_rm_set_s,rm_s,gc_s,verify_after_gc_s,probe_import_ms_per_vmi,import_cpu_ms_per_vmi,probe_import_cpu_ms_per_vmi,ls_cpu_s,stats_cpu_s" >"$CSV"
 for n in $NS; do
 	STORE=$WORK/store-$n
 	rm -rf "$STORE"
@@ -86,13 +88,18 @@ for n in $NS; do
 		if (( i % 10 == 9 )); then gone+=("$GEN/yolo/${names[$i]}.yolo"); else keep+=("$GEN/yolo/${names[$i]}.yolo"); fi
 	done
 	boot=$(cat "${keep[@]}" "${gone[@]}" | wc -c)
+	# CPU seconds (user + sys) too: on a shared machine, wall time measures
+	# the other tenants as much as the import.
+	cpu=$WORK/import-cpu.txt
+	: >"$cpu"
 	t=$(now)
 	for ((i = 0; i < ${#keep[@]}; i += BATCH)); do
-		"$BIN" --store "$STORE" import "${keep[@]:i:BATCH}" >/dev/null
+		/usr/bin/time -a -o "$cpu" -f "%U %S" "$BIN" --store "$STORE" import "${keep[@]:i:BATCH}" >/dev/null
 	done
 	t_keep=$(( $(now) - t ))
 	t=$(now)
-	[ ${#gone[@]} -eq 0 ] || "$BIN" --store "$STORE" import "${gone[@]}" >/dev/null
+	[ ${#gone[@]} -eq 0 ] || /usr/bin/time -a -o "$cpu" -f "%U %S" "$BIN" --store "$STORE" import "${gone[@]}" >/dev/null
+	import_cpu_ms=$(awk -v n="$n" '{s += $1 + $2} END {printf "%.1f", s*1000/n}' "$cpu")
 	t_gone=$(( $(now) - t ))
 	import_s=$(awk -v a="$t_keep" -v b="$t_gone" 'BEGIN {printf "%.3f", (a+b)/1e9}')
 	import_rm_set_s=$(awk -v b="$t_gone" 'BEGIN {printf "%.3f", b/1e9}')
@@ -101,6 +108,8 @@ for n in $NS; do
 	ls_s=$(timed "$BIN" --store "$STORE" ls)
 	stats_s=$(timed "$BIN" --store "$STORE" stats)
 	verify_s=$(timed "$BIN" --store "$STORE" verify)
+	ls_cpu=$(cpu_of "$BIN" --store "$STORE" ls)
+	stats_cpu=$(cpu_of "$BIN" --store "$STORE" stats)
 
 	# 50 VMIs to serve, spread over the families.
 	serve=()
@@ -132,13 +141,15 @@ for n in $NS; do
 	# One more VMI: the 10 probes (Table I's mix, in no fleet) imported into
 	# this store of 0.9 N VMIs, one import each.
 	t=$(now)
-	for p in "${probes[@]}"; do "$BIN" --store "$STORE" import "$GEN/yolo/$p.yolo" >/dev/null; done
+	: >"$cpu"
+	for p in "${probes[@]}"; do /usr/bin/time -a -o "$cpu" -f "%U %S" "$BIN" --store "$STORE" import "$GEN/yolo/$p.yolo" >/dev/null; done
 	probe_ms=$(awk -v d="$(( $(now) - t ))" 'BEGIN {printf "%.1f", d/1e6/10}')
+	probe_cpu_ms=$(awk '{s += $1 + $2} END {printf "%.1f", s*1000/10}' "$cpu")
 	p50=$(echo "$hits" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p50_us"])')
 	p99=$(echo "$hits" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_us"])')
 	row=$(awk -v n="$n" -v boot="$boot" -v imp="$import_s" -v du="$du" -v packs="$packs" 'BEGIN {
 		printf "%d,%.0f,%s,%.1f,%.1f,%.0f,%.0f,%.3f,%.2f", n, boot, imp, imp*1000/n, boot/1e6/imp, du, packs, du/packs, boot/du }')
-	echo "$row,$ls_s,$stats_s,$verify_s,$first,$restart,$rss_idle,$rss_idle_restart,$rss_served,$cache,$p50,$p99,$import_rm_set_s,$rm_s,$gc_s,$verify2_s,$probe_ms" | tee -a "$CSV"
+	echo "$row,$ls_s,$stats_s,$verify_s,$first,$restart,$rss_idle,$rss_idle_restart,$rss_served,$cache,$p50,$p99,$import_rm_set_s,$rm_s,$gc_s,$verify2_s,$probe_ms,$import_cpu_ms,$probe_cpu_ms,$ls_cpu,$stats_cpu" | tee -a "$CSV"
 done
 column -s, -t "$CSV" >&2 || true
 if python3 -c 'import matplotlib' 2>/dev/null; then

@@ -24,6 +24,8 @@ for ax, (title, cols) in zip(axes.flat, panels):
     for c in [c for c in cols if c in rows[0]]:
         ax.plot(n, [float(r[c]) for r in rows], marker="o", label=c)
     ax.set_xscale("log")
+    if title.startswith(("store bytes", "mount")):
+        ax.set_yscale("log")
     ax.set_xlabel("VMIs (N)")
     ax.set_title(title)
     ax.legend(fontsize=7)

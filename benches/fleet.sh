@@ -152,6 +152,11 @@ for n in $NS; do
 	echo "$row,$ls_s,$stats_s,$verify_s,$first,$restart,$rss_idle,$rss_idle_restart,$rss_served,$cache,$p50,$p99,$import_rm_set_s,$rm_s,$gc_s,$verify2_s,$probe_ms,$import_cpu_ms,$probe_cpu_ms,$ls_cpu,$stats_cpu" | tee -a "$CSV"
 done
 column -s, -t "$CSV" >&2 || true
-if python3 -c 'import matplotlib' 2>/dev/null; then
-	python3 benches/fleet-plot.py "$CSV" docs/figures/fleet.png
-fi
+# Debian's python3-matplotlib is for /usr/bin/python3, which need not be
+# the python3 on PATH.
+for py in /usr/bin/python3 python3; do
+	if "$py" -c 'import matplotlib' 2>/dev/null; then
+		"$py" benches/fleet-plot.py "$CSV" docs/figures/fleet.png
+		break
+	fi
+done

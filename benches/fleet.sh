@@ -11,7 +11,8 @@
 # read latency, rm of 10% + gc, and the import of 10 more VMIs, one at a
 # time, into the store that then holds 0.9 N (the marginal cost of a VMI). Writes $WORK/fleet.csv and, with
 # python3-matplotlib, docs/figures/fleet.png. Every read through the mount
-# is compared with the boot image (benches/fleet-read.py).
+# is compared with the boot image (benches/fleet-read.py). Needs python3,
+# b3sum, /usr/bin/time (Debian: time) and, for the plot, python3-matplotlib.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NS=${NS:-10 100 1000}

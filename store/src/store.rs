@@ -351,6 +351,7 @@ impl Store {
     }
 
     pub(crate) fn open_with(path: &Path, access: Access) -> Result<Self> {
+        const WRITER_OPEN_FILES: i32 = 512;
         require_store(path)?;
         let mut opts = db_options(false);
         let mut writer = None;
@@ -360,6 +361,14 @@ impl Store {
                     Some(lock) => lock,
                     None => lock_writer(path)?,
                 });
+                // Table files are opened as reads need them, not all at
+                // open: each import adds a few, and opening a store of a
+                // thousand imports' files cost more CPU than importing a
+                // small VMI (docs/benchmarks.md, *Fleet*). Only readers
+                // beside a writer need every file open from the start
+                // (the writer may delete one); the writer is the one that
+                // deletes.
+                opts.set_max_open_files(WRITER_OPEN_FILES);
                 DB::open_cf_descriptors(&opts, path, cf_descriptors())?
             }
             Access::ReadOnly => {
@@ -557,6 +566,20 @@ impl Store {
         match gap {
             Some(gap) => Err(gap.into_error()),
             None => Ok(manifests),
+        }
+    }
+
+    /// Every manifest in name order, one at a time: for answers that need
+    /// each manifest once and never two together (`ls`, `stats`), so they
+    /// hold one manifest in memory, not the whole store's. Records that
+    /// RocksDB cannot read are an error, after the readable ones.
+    pub fn each_manifest(&self, mut each: impl FnMut(&str, Result<Manifest>)) -> Result<()> {
+        let gap = self.scan(CF_MANIFESTS, |key, value| {
+            each(&String::from_utf8_lossy(key), Manifest::decode(value))
+        })?;
+        match gap {
+            Some(gap) => Err(gap.into_error()),
+            None => Ok(()),
         }
     }
 
@@ -1144,6 +1167,49 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Table files of `store` this process has open.
+    fn open_tables(store: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| {
+                target.parent() == Some(store) && target.extension() == Some("sst".as_ref())
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_writer_opens_table_files_as_reads_need_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        Store::open_or_create(&path, None).unwrap();
+        // One flush per process, as a thousand imports leave the store.
+        for id in 0..48u64 {
+            let store = Store::open(&path).unwrap();
+            let packs = store.cf(CF_PACKS).unwrap();
+            store.db.put_cf(packs, pack_key(id), b"pack").unwrap();
+            store.flush_chunks().unwrap();
+        }
+        let tables = fs::read_dir(&path)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("sst".as_ref()))
+            .count();
+        assert!(tables >= 40, "only {tables} table files");
+        let path = path.canonicalize().unwrap();
+        let store = Store::open(&path).unwrap();
+        // Before, the writer opened all of them (RocksDB's default); now
+        // RocksDB preloads a few (16) and opens the rest when read.
+        assert!(
+            open_tables(&path) < tables / 2,
+            "{} of {tables} open",
+            open_tables(&path)
+        );
+        drop(store);
+        // Readers beside a writer still open every one at start.
+        let _reader = Store::open_read_only(&path).unwrap();
+        assert_eq!(open_tables(&path), tables);
+    }
 
     #[test]
     fn a_creation_that_stopped_before_its_config_is_finished_by_the_next_open() {

@@ -287,7 +287,7 @@ fn a_remote_chunk_longer_than_the_chunking_allows_is_refused_before_it_is_decode
     let object = dir.join(pack.key());
     std::fs::create_dir_all(object.parent().unwrap()).unwrap();
     std::fs::write(&object, &value).unwrap();
-    let index_object = layout::encode_index(&[desc.clone()]);
+    let index_object = layout::encode_index(std::slice::from_ref(&desc));
     let index_key = format!("index/{}", layout::PackId::of(&index_object).to_hex());
     std::fs::write(dir.join(&index_key), &index_object).unwrap();
     let blocks = (raw.len() / 4096) as u64;

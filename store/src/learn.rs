@@ -25,7 +25,7 @@ use crate::format::BootImage;
 use crate::import::{import, ImportOptions};
 use crate::remote::{push, Remote};
 use crate::serve::open_image_file;
-use crate::store::Store;
+use crate::store::{lock, Store};
 use crate::trace::Read;
 use crate::trust::FileVersion;
 use crate::{Error, Result};
@@ -400,8 +400,4 @@ fn remove_stale_temporaries(spool: &Path) {
             let _ = fs::remove_file(entry.path());
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

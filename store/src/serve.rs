@@ -34,6 +34,7 @@ use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
 use crate::remote::Remote;
+use crate::store::lock;
 use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
 
@@ -832,10 +833,6 @@ impl ImageServer {
             learning: self.learner.as_deref().map(Learner::stats),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Reads file `name`'s recorded blocks and records whether they are the

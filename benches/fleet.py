@@ -36,11 +36,20 @@ VMIs. The trailer checksum is a real BLAKE3 (`b3sum`).
 """
 import argparse
 import hashlib
+import importlib.util
 import os
+import pathlib
 import random
 import struct
 import subprocess
 import sys
+
+# The one reader of the .yolo format among the scripts.
+_spec = importlib.util.spec_from_file_location(
+    "yolo_blocks", pathlib.Path(__file__).parent.parent / "scripts" / "yolo-blocks.py"
+)
+yolo_blocks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(yolo_blocks)
 
 BS = 4096
 # Table I: family, VMIs, size of images (GB), size of all boot images (GB).
@@ -97,24 +106,11 @@ def read_pool(paths):
     """Distinct full 4 KiB blocks of the .yolo files, in file order."""
     seen, pool = set(), []
     for p in paths:
-        data = open(p, "rb").read()
-        magic, _ver, _flags, bs, nfiles = struct.unpack_from("<8sHHII", data, 0)
-        if magic != b"YOLOBOOT" or bs != BS:
-            sys.exit(f"{p}: not a .yolo with 4 KiB blocks")
-        pos = 24
-        for _ in range(nfiles):
-            (nlen,) = struct.unpack_from("<H", data, pos)
-            pos += 2 + nlen
-            (fsize,) = struct.unpack_from("<Q", data, pos)
-            pos += 8 + 1 + 32
-            (k,) = struct.unpack_from("<Q", data, pos)
-            ids = struct.unpack_from(f"<{k}Q", data, pos + 8)
-            pos += 8 + 8 * k
-            for bid in ids:
-                ln = min(BS, fsize - bid * BS)
-                blk = data[pos : pos + ln]
-                pos += ln
-                if ln == BS:
+        for bs, _name, _size, _ids, blocks in yolo_blocks.files(p):
+            if bs != BS:
+                sys.exit(f"{p}: not a .yolo with 4 KiB blocks")
+            for blk in blocks:
+                if len(blk) == BS:
                     h = hashlib.blake2b(blk, digest_size=16).digest()
                     if h not in seen:
                         seen.add(h)

@@ -37,19 +37,16 @@ for v in ${LEARN_VMIS:-dev.qcow2 web.qcow2}; do
     b1=$(status "s['bytes_from_store']")
     "$bin" --store "$work/store" export "$v" -o "$work/$v.learned.yolo" > /dev/null
     python3 - "$recorded/$v.yolo" "$work/$v.learned.yolo" "$v" "$t1" "$t2" "$((b1 - b0))" >> "$out" <<'PY'
-import struct, sys
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("yolo_blocks", "scripts/yolo-blocks.py")
+yolo_blocks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(yolo_blocks)
 def blocks(path):
-    data = open(path, "rb").read()
-    block_size, files = struct.unpack_from("<II", data, 12)
-    at, ids, total = 24, set(), 0
-    for _ in range(files):
-        (name_len,) = struct.unpack_from("<H", data, at); at += 2 + name_len
-        (size,) = struct.unpack_from("<Q", data, at); at += 8 + 1 + 32
-        (count,) = struct.unpack_from("<Q", data, at); at += 8
-        file_ids = struct.unpack_from("<%dQ" % count, data, at); at += 8 * count
-        for i in file_ids:
-            n = min(block_size, size - i * block_size); at += n; total += n
+    """Block ids of a .yolo (all files), and its block data's bytes."""
+    ids, total = set(), 0
+    for _bs, _name, _size, file_ids, file_blocks in yolo_blocks.files(path):
         ids |= set(file_ids)
+        total += sum(len(b) for b in file_blocks)
     return ids, total
 rec, _ = blocks(sys.argv[1])
 learned, learned_bytes = blocks(sys.argv[2])

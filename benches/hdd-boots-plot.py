@@ -18,11 +18,11 @@ panels = [p for p in panels if any(r["scenario"] == p[0] for r in rows)]
 fast = [float(r["seconds"]) for r in rows if r["scenario"] == "fast"]
 fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
 for ax, (scenario, xlabel, title) in zip(axes[0], panels):
-    for policy, style in [("normal", "o-"), ("prefetch", "^-"), ("yolo", "s-")]:
+    for policy, style, color in [("normal", "o-", "C0"), ("prefetch", "^-", "C1"), ("yolo", "s-", "C2")]:
         pts = sorted((int(r["x"]), float(r["seconds"])) for r in rows
                      if r["scenario"] == scenario and r["policy"] == policy)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=policy)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=policy)
     if fast and scenario != "many":
         ax.axhline(fast[0], color="grey", linestyle=":", label="unthrottled disk")
     ax.set_xlabel(xlabel, fontsize=9)

@@ -1,13 +1,12 @@
 //! Getting boot images back out: `export` (a `.yolo` identical in block data
 //! and order to what was imported), `extract` (a sparse file with every
-//! recorded block at its offset) and [`VmiReader`], the `read_at` view the
-//! mount builds on.
+//! recorded block at its offset).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::format::BootImageWriter;
-use crate::manifest::{Manifest, ManifestIndex};
+use crate::manifest::Manifest;
 use crate::output::{write_file, write_stream, PRIVATE_MODE};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -105,56 +104,4 @@ pub fn extract(store: &Store, name: &str, out: &Path) -> Result<()> {
             Ok(())
         })
     })
-}
-
-/// Reads a VMI's recorded blocks out of the store, by file offset.
-pub struct VmiReader<'a> {
-    store: &'a Store,
-    index: ManifestIndex,
-}
-
-impl<'a> VmiReader<'a> {
-    pub fn open(store: &'a Store, name: &str) -> Result<Self> {
-        Ok(VmiReader {
-            store,
-            index: ManifestIndex::new(store.manifest(name)?),
-        })
-    }
-
-    pub fn manifest(&self) -> &Manifest {
-        self.index.manifest()
-    }
-
-    /// Fills `buf` with the file's bytes at `offset` where the boot image
-    /// holds them. Returns, per block-sized step, whether it was filled;
-    /// bytes of blocks the boot image lacks are left untouched.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<bool>> {
-        let bs = u64::from(self.manifest().block_size);
-        let mut filled = Vec::new();
-        let end = offset + buf.len() as u64;
-        let mut at = offset;
-        while at < end {
-            let id = at / bs;
-            let block_end = ((id + 1) * bs).min(end);
-            let Some(stream) = self.index.block(id) else {
-                filled.push(false);
-                at = block_end;
-                continue;
-            };
-            let want = (at - id * bs)..(block_end - id * bs);
-            let want = (stream.start + want.start)..(stream.start + want.end).min(stream.end);
-            let mut dst = (at - offset) as usize;
-            for (i, chunk_range) in self.index.chunks_for(want.clone()) {
-                let raw = self.store.read_chunk(&self.manifest().chunks[i].id)?;
-                let from = want.start.max(chunk_range.start);
-                let to = want.end.min(chunk_range.end);
-                let src = (from - chunk_range.start) as usize..(to - chunk_range.start) as usize;
-                buf[dst..dst + src.len()].copy_from_slice(&raw[src.clone()]);
-                dst += src.len();
-            }
-            filled.push(true);
-            at = block_end;
-        }
-        Ok(filled)
-    }
 }

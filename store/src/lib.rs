@@ -38,7 +38,7 @@ pub use cache::{CacheStats, ChunkCache};
 pub use capture::{write_boot_image, CaptureSource};
 pub use chunking::{Chunking, FASTCDC_VERSION};
 pub use error::{Error, Result};
-pub use export::{export, extract, VmiReader};
+pub use export::{export, extract};
 pub use files::{images_dir, list_dir_in, metadata_in, open_file_in, open_regular, EntryKind};
 pub use follower::Follower;
 pub use format::{

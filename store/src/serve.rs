@@ -713,7 +713,7 @@ impl ImageServer {
     /// or unreadable may have moved under a compaction or a gc since we
     /// last caught up with the writer: catch up and try once more. A
     /// corrupt one is final.
-    fn load_pack_of(&self, id: &ChunkId) -> Result<(u32, Arc<Pack>)> {
+    fn load_pack_of(&self, id: &ChunkId) -> Result<(u32, Pack)> {
         let found = match self.store.current().pack_of(id) {
             Err(Error::MissingChunk { .. } | Error::Db(_)) => self.store.catch_up()?.pack_of(id),
             other => other,

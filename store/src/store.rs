@@ -43,7 +43,7 @@ const CONFIG_KEY: &[u8] = b"config";
 /// may still hold the old pack under that id.
 const NEXT_PACK_KEY: &[u8] = b"next_pack";
 /// Decoded packs `read_chunk` keeps, so reading a boot image's chunks in
-/// order decodes each pack once.
+/// order decodes each pack once (the mount does not use them).
 const PACK_CACHE: usize = 16;
 pub const STORE_FORMAT: u32 = 2;
 
@@ -771,38 +771,47 @@ impl Store {
         Ok(infos)
     }
 
-    /// A chunk's raw bytes, checked against its id.
+    /// A chunk's raw bytes, checked against its id. The last few decoded
+    /// packs are kept here: the offline readers (export, extract, push)
+    /// read chunks in pack order, so each pack is decoded once.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (info, pack) = self.pack_of(id)?;
+        let info = self.info_of(id)?;
+        let cached = lock(&self.packs).get(&info.pack).cloned();
+        let pack = match cached {
+            Some(pack) => pack,
+            None => {
+                let pack = Arc::new(self.decode_pack_of(id, &info)?);
+                lock(&self.packs).put(info.pack, pack.clone());
+                pack
+            }
+        };
         pack.checked(id, info.offset)
             .map(<[u8]>::to_vec)
             .map_err(|why| Error::CorruptChunk { id: *id, why })
     }
 
-    /// Chunk `id`'s refs record and its decoded pack (not yet checked:
-    /// see [`Pack::checked`]). Recently read packs are kept decoded.
-    pub(crate) fn pack_of(&self, id: &ChunkId) -> Result<(ChunkInfo, Arc<Pack>)> {
-        let info = self
-            .chunk_info(id)?
-            .ok_or(Error::MissingChunk { id: *id })?;
-        let cached = lock(&self.packs).get(&info.pack).cloned();
-        if let Some(pack) = cached {
-            return Ok((info, pack));
-        }
+    /// Chunk `id`'s refs record and its pack, decoded but not yet checked
+    /// (see [`Pack::checked`]) and not kept: the mount keeps the chunks in
+    /// its own cache, the one copy it holds.
+    pub(crate) fn pack_of(&self, id: &ChunkId) -> Result<(ChunkInfo, Pack)> {
+        let info = self.info_of(id)?;
+        let pack = self.decode_pack_of(id, &info)?;
+        Ok((info, pack))
+    }
+
+    fn info_of(&self, id: &ChunkId) -> Result<ChunkInfo> {
+        self.chunk_info(id)?.ok_or(Error::MissingChunk { id: *id })
+    }
+
+    fn decode_pack_of(&self, id: &ChunkId, info: &ChunkInfo) -> Result<Pack> {
         let stored = self
             .db
             .get_pinned_cf_opt(self.cf(CF_PACKS)?, pack_key(info.pack), &content_checked())?
             .ok_or(Error::MissingChunk { id: *id })?;
-        let max_chunk = self.config.chunking.max_len();
-        let pack =
-            Arc::new(
-                decode_pack(&stored, max_chunk).map_err(|why| Error::CorruptChunk {
-                    id: *id,
-                    why: format!("pack {}: {why}", info.pack),
-                })?,
-            );
-        lock(&self.packs).put(info.pack, pack.clone());
-        Ok((info, pack))
+        decode_pack(&stored, self.config.chunking.max_len()).map_err(|why| Error::CorruptChunk {
+            id: *id,
+            why: format!("pack {}: {why}", info.pack),
+        })
     }
 
     /// The stored (still encoded) values of packs `ids`, in one RocksDB

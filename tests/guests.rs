@@ -487,7 +487,21 @@ impl Drop for StopOnDrop<'_> {
 }
 
 fn status_u64(mount: &Mount, key: &str) -> u64 {
-    let status = mount.status();
+    // Read on a thread of its own: a lost request must fail the test, not
+    // hang it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = mount.file(".yolo-status");
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::read(path));
+    });
+    let body = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => panic!("reading the status file: {e}"),
+        Err(_) => {
+            panic!("reading the status file has not returned for a minute: a request was lost")
+        }
+    };
+    let status: Value = serde_json::from_slice(&body).expect("status JSON");
     status[key]
         .as_u64()
         .unwrap_or_else(|| panic!("no {key} in {status}"))

@@ -478,6 +478,26 @@ fn report_takeovers(log: &str) {
     );
 }
 
+/// Kills the supervisor's children (its server) when dropped. A failing
+/// test drops the mount, which kills only the supervisor; a server left
+/// alone would keep the connection, and with it any request it lost, so
+/// the test process could not even exit.
+struct KillServers(u32);
+
+impl Drop for KillServers {
+    fn drop(&mut self) {
+        let children = format!("/proc/{0}/task/{0}/children", self.0);
+        for pid in fs::read_to_string(children)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Ok(pid) = pid.parse() {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 struct StopOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for StopOnDrop<'_> {
@@ -549,6 +569,8 @@ fn guests_read_exact_bytes_through_server_kills_upgrades_and_a_handoff() {
     fs::copy(BIN, &bin).unwrap();
     let mount = Mount::start_with(&bin, &env, "mount", &family, &env.path("mnt"), &[]);
     let supervisor = mount.pid();
+    // Dropped before the mount: on a failure, the server dies with it.
+    let _servers = KillServers(supervisor);
     let kills = knob("YOLO_GUEST_KILLS", 20);
     let upgrades = knob("YOLO_GUEST_UPGRADES", 4);
     let passes = knob("YOLO_GUEST_PASSES", 3) as usize;

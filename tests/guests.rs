@@ -693,8 +693,7 @@ fn guests_read_exact_bytes_through_server_kills_upgrades_and_a_handoff() {
     }
     let reads = status_u64(&mount, "reads");
     let handed_off: Vec<usize> = vms.iter().map(|vm| vm.passes().len()).collect();
-    let before: Vec<usize> = vms.iter().map(|vm| vm.passes().len()).collect();
-    for (vm, n) in vms.iter_mut().zip(&before) {
+    for (vm, n) in vms.iter_mut().zip(&handed_off) {
         vm.wait_for("a pass after handoff", boot_limit, |vm| {
             vm.passes().len() > *n
         });

@@ -4,7 +4,7 @@
 # on 2 cores) is shared with the binary instead of done twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh qemu-utils ceph promtool python3 b3sum  # python3, b3sum: benches/fleet.py in tests/fleet.rs
+scripts/setup.sh qemu-utils qemu-system-x86 ceph promtool python3 b3sum  # python3, b3sum: benches/fleet.py in tests/fleet.rs; qemu-system-x86: tests/handoff.rs, tests/guests.rs
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/yolo-store-target}"
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings

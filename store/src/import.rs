@@ -159,6 +159,7 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
         batch
     })?;
     store.write(batch)?;
+    store.settle()?;
     for (name, manifest) in &manifests {
         report.names.push(name.clone());
         report.logical_bytes += manifest.stream_len();
@@ -216,7 +217,7 @@ fn store_new_chunks(
             Ok(())
         });
         for window in runs(chunks, WINDOW_BYTES, |(_, raw, _)| raw.len()) {
-            let packs = store.build_packs(&chunks[window]);
+            let packs = store.build_packs(&chunks[window], &HashMap::new())?;
             let batch = new_packs_batch(store, &packs, current, report)?;
             if to_writer.send(batch).is_err() {
                 break; // the writer failed; its error is returned below

@@ -171,13 +171,15 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
 /// Registers `manifests` (replacing any of the same name) and applies every
 /// refcount change, in one synced batch. Every chunk they reference must be
 /// stored already; `known` holds the refs records the caller has read or
-/// written, the rest are read here. The caller holds the write lock.
+/// written, the rest are read here. The caller holds the write lock. Then
+/// settles the store, as an import does.
 pub(crate) fn register_manifests(
     store: &Store,
     manifests: &[(String, Manifest)],
     known: &mut HashMap<ChunkId, ChunkInfo>,
 ) -> Result<()> {
-    store.write(manifests_batch(store, manifests, known)?)
+    store.write(manifests_batch(store, manifests, known)?)?;
+    store.settle()
 }
 
 /// The batch [`register_manifests`] writes.

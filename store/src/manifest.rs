@@ -270,10 +270,12 @@ pub(crate) fn varint(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// A sequence as runs of consecutive values: count varint, run count
-/// varint, then per run the zigzag varint distance from the end of the
-/// previous run (0 at first) to its start, and its length less one. A boot
-/// reads blocks in requests of several, and an import numbers a boot
-/// image's new chunks in stream order, so most runs are long.
+/// varint, then per run the zigzag distance from the end of the previous
+/// run (0 at first) to its start, shifted left by one with the low bit set
+/// if the run is longer than one value, as a varint; then, if so, its
+/// length less two. A boot reads blocks in requests of several, and an
+/// import numbers a boot image's new chunks in stream order, so most runs
+/// are long; a lone value costs only its distance.
 fn encode_runs(out: &mut Vec<u8>, values: impl Iterator<Item = u64>) {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut count = 0u64;
@@ -289,8 +291,14 @@ fn encode_runs(out: &mut Vec<u8>, values: impl Iterator<Item = u64>) {
     let mut end = 0u64;
     for (start, len) in runs {
         let delta = start.wrapping_sub(end) as i64;
-        varint(out, ((delta << 1) ^ (delta >> 63)) as u64);
-        varint(out, len - 1);
+        let zigzag = ((delta << 1) ^ (delta >> 63)) as u64;
+        // The flag takes the zigzag distance's top bit: distances of 2^62
+        // and more do not arise (block ids are below 2^55, 2^64 bytes in
+        // the smallest blocks; numbers below 2^32).
+        varint(out, (zigzag << 1) | u64::from(len > 1));
+        if len > 1 {
+            varint(out, len - 2);
+        }
         end = start.wrapping_add(len);
     }
 }
@@ -327,20 +335,21 @@ impl Cursor<'_> {
     fn runs(&mut self) -> Result<Vec<u64>> {
         let count = self.varint()?;
         let runs = self.varint()?;
-        // A run takes at least two bytes; a count above what runs can hold
-        // or above any boot image is damage.
-        if count > MAX_ITEMS
-            || runs > count
-            || runs.saturating_mul(2) > (self.bytes.len() - self.at) as u64
-        {
+        // A run takes at least a byte; a count above what runs can hold or
+        // above any boot image is damage.
+        if count > MAX_ITEMS || runs > count || runs > (self.bytes.len() - self.at) as u64 {
             return Err(Error::CorruptStore("manifest counts out of bounds".into()));
         }
         let mut out = Vec::with_capacity(count as usize);
         let mut end = 0u64;
         for _ in 0..runs {
-            let z = self.varint()?;
+            let head = self.varint()?;
+            let z = head >> 1;
             let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
-            let len = self.varint()?.saturating_add(1);
+            let len = match head & 1 {
+                1 => self.varint()?.saturating_add(2),
+                _ => 1,
+            };
             if len > count - out.len() as u64 {
                 return Err(Error::CorruptStore(
                     "manifest runs exceed their count".into(),

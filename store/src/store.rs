@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    ErrorKind, FlushOptions, IteratorMode, LogLevel, Options, ReadOptions, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DBCompressionType, Direction, ErrorKind, FlushOptions, IteratorMode, LogLevel,
+    Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -1136,6 +1136,29 @@ impl Store {
         self.write(batch)
     }
 
+    /// Bytes of table files (SSTs) per column family, in name order, and
+    /// of blob files (the packs' values): where the store directory goes.
+    pub fn table_bytes(&self) -> Result<Vec<(String, u64)>> {
+        let mut by_cf: std::collections::BTreeMap<String, u64> =
+            [CF_META, CF_PACKS, CF_REFS, CF_NUMBERS, CF_MANIFESTS]
+                .iter()
+                .map(|cf| (cf.to_string(), 0))
+                .collect();
+        for file in self.db.live_files()? {
+            *by_cf.entry(file.column_family_name).or_default() += file.size as u64;
+        }
+        let mut blobs = 0;
+        for entry in fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.path, e))?;
+            if entry.path().extension().is_some_and(|e| e == "blob") {
+                blobs += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        let mut out: Vec<(String, u64)> = by_cf.into_iter().collect();
+        out.push(("blob files".into(), blobs));
+        Ok(out)
+    }
+
     /// Bytes the store's directory takes on disk.
     pub fn disk_usage(&self) -> Result<u64> {
         let mut total = 0;
@@ -1158,26 +1181,38 @@ impl Store {
     /// `packs` index file that RocksDB moves down the levels without ever
     /// merging (pack ids only grow, so files never overlap).
     pub(crate) fn settle(&self) -> Result<()> {
-        /// `packs` index files tolerated before they are merged into one.
-        const PACK_TABLES: usize = 16;
+        /// Table files of `packs` or `numbers` tolerated before they are
+        /// merged into one.
+        const TABLES: usize = 16;
         for name in [CF_REFS, CF_NUMBERS, CF_MANIFESTS] {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf)?;
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
-        let tables = self
-            .db
-            .live_files()?
-            .iter()
-            .filter(|f| f.column_family_name == CF_PACKS)
-            .count();
-        if tables > PACK_TABLES {
+        // Keys that only grow (pack ids, chunk numbers) never overlap, so
+        // compaction moves their files down whole; merging them takes a
+        // forced compaction of the last level.
+        let mut force = CompactOptions::default();
+        force.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
+        let files = self.db.live_files()?;
+        let tables = |name: &str| {
+            files
+                .iter()
+                .filter(|f| f.column_family_name == name)
+                .count()
+        };
+        if tables(CF_NUMBERS) > TABLES {
+            let numbers = self.cf(CF_NUMBERS)?;
+            self.db
+                .compact_range_cf_opt(numbers, None::<&[u8]>, None::<&[u8]>, &force);
+        }
+        if tables(CF_PACKS) > TABLES {
             // Index entries only: blob GC off, so no pack is rewritten.
             let packs = self.cf(CF_PACKS)?;
             self.db
                 .set_options_cf(packs, &[("enable_blob_garbage_collection", "false")])?;
             self.db
-                .compact_range_cf(packs, None::<&[u8]>, None::<&[u8]>);
+                .compact_range_cf_opt(packs, None::<&[u8]>, None::<&[u8]>, &force);
             self.db
                 .set_options_cf(packs, &[("enable_blob_garbage_collection", "true")])?;
         }

@@ -1185,16 +1185,33 @@ impl Store {
         /// merged into one.
         const TABLES: usize = 16;
         for name in [CF_REFS, CF_NUMBERS, CF_MANIFESTS] {
-            let cf = self.cf(name)?;
-            self.db.flush_cf(cf)?;
-            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            self.db.flush_cf(self.cf(name)?)?;
+        }
+        // `refs` and `manifests` are merged once what the latest imports
+        // left in level 0 is a quarter of the column family: each merge
+        // rewrites it whole, so merging after every import would make an
+        // import's cost grow with the store; this way each byte is
+        // rewritten a few times at most, and stale copies stay under a
+        // quarter.
+        let files = self.db.live_files()?;
+        for name in [CF_REFS, CF_MANIFESTS] {
+            let (mut fresh, mut all) = (0, 0);
+            for f in files.iter().filter(|f| f.column_family_name == name) {
+                all += f.size;
+                if f.level == 0 {
+                    fresh += f.size;
+                }
+            }
+            if fresh > 0 && fresh * 4 >= all {
+                self.db
+                    .compact_range_cf(self.cf(name)?, None::<&[u8]>, None::<&[u8]>);
+            }
         }
         // Keys that only grow (pack ids, chunk numbers) never overlap, so
         // compaction moves their files down whole; merging them takes a
         // forced compaction of the last level.
         let mut force = CompactOptions::default();
         force.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
-        let files = self.db.live_files()?;
         let tables = |name: &str| {
             files
                 .iter()

@@ -301,6 +301,48 @@ fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_pack
 }
 
 #[test]
+fn a_flipped_byte_in_the_numbers_sst_is_named_and_the_records_rewritten_from_refs() {
+    let env = Env::new();
+    let yolos = damaged_store_setup(&env);
+    compact_with_gc(&env);
+    let sst = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        store
+            .table_files("numbers")
+            .unwrap()
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .expect("a numbers table file")
+    };
+    let len = std::fs::metadata(&sst).unwrap().len();
+    flip(&sst, len / 3, 1);
+
+    // Named, and the manifests that name a lost number say so.
+    let report = verify_names_damage(&env);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "numbers"),
+        "{report}"
+    );
+    assert!(
+        problems.iter().any(|p| p["problem"] == "bad-manifest"
+            && p["why"].as_str().unwrap().contains("chunk number")),
+        "{report}"
+    );
+    // Every refs record holds its chunk's number: no VMI file is needed.
+    let no_images = env.path("no-images");
+    std::fs::create_dir(&no_images).unwrap();
+    repair_restores(
+        &env,
+        &yolos,
+        &no_images,
+        "chunk number records from the refs records",
+    );
+}
+
+#[test]
 fn gc_refuses_wrong_refcounts_and_repair_recomputes_them() {
     let env = Env::new();
     let yolos = damaged_store_setup(&env);

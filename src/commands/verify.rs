@@ -42,6 +42,12 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
                 for (chunk, pack) in &repaired.relocated {
                     eprintln!("repaired the refs record of chunk {chunk}: its bytes are intact in pack {pack}");
                 }
+                if repaired.numbers_rewritten > 0 {
+                    eprintln!(
+                        "rewrote {} chunk number records from the refs records",
+                        repaired.numbers_rewritten
+                    );
+                }
                 for (chunk, recorded, actual) in &repaired.refcounts_fixed {
                     eprintln!("set the refcount of chunk {chunk} from {recorded} to {actual}");
                 }

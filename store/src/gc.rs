@@ -185,6 +185,9 @@ fn collect_packs(
     for ((pack_id, dead_ids), value) in dead.iter().zip(values) {
         for id in dead_ids {
             batch.delete_refs(id)?;
+            if let Some(info) = infos.get(id) {
+                batch.delete_number(info.number)?;
+            }
             report.deleted_chunks += 1;
         }
         let Some(value) = value else { continue };
@@ -227,7 +230,12 @@ fn collect_packs(
         .iter()
         .map(|(id, raw, refs)| (*id, &raw[..], *refs))
         .collect();
-    let new_packs = store.build_packs(&keep_refs);
+    // Moved chunks keep their numbers: manifests name them by it.
+    let numbers: HashMap<ChunkId, u32> = keep
+        .iter()
+        .filter_map(|(id, _, _)| Some((*id, infos.get(id)?.number)))
+        .collect();
+    let new_packs = store.build_packs(&keep_refs, &numbers)?;
     for pack in &new_packs {
         freed = freed.saturating_sub(pack.value.len() as u64);
     }

@@ -159,6 +159,7 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
         batch
     })?;
     store.write(batch)?;
+    store.settle()?;
     for (name, manifest) in &manifests {
         report.names.push(name.clone());
         report.logical_bytes += manifest.stream_len();
@@ -170,13 +171,15 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
 /// Registers `manifests` (replacing any of the same name) and applies every
 /// refcount change, in one synced batch. Every chunk they reference must be
 /// stored already; `known` holds the refs records the caller has read or
-/// written, the rest are read here. The caller holds the write lock.
+/// written, the rest are read here. The caller holds the write lock. Then
+/// settles the store, as an import does.
 pub(crate) fn register_manifests(
     store: &Store,
     manifests: &[(String, Manifest)],
     known: &mut HashMap<ChunkId, ChunkInfo>,
 ) -> Result<()> {
-    store.write(manifests_batch(store, manifests, known)?)
+    store.write(manifests_batch(store, manifests, known)?)?;
+    store.settle()
 }
 
 /// The batch [`register_manifests`] writes.
@@ -216,7 +219,7 @@ fn store_new_chunks(
             Ok(())
         });
         for window in runs(chunks, WINDOW_BYTES, |(_, raw, _)| raw.len()) {
-            let packs = store.build_packs(&chunks[window]);
+            let packs = store.build_packs(&chunks[window], &HashMap::new())?;
             let batch = new_packs_batch(store, &packs, current, report)?;
             if to_writer.send(batch).is_err() {
                 break; // the writer failed; its error is returned below

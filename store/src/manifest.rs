@@ -130,18 +130,176 @@ impl Manifest {
             blocks,
             chunks,
         };
-        let n = block_count(file_size, block_size);
-        let data: u64 = manifest
-            .blocks
-            .iter()
-            .map(|&b| manifest.block_len(b) as u64)
-            .sum();
-        if manifest.blocks.iter().any(|&b| b >= n) || data != manifest.stream_len() {
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// Every block inside the file, and the block data as long as the
+    /// chunks.
+    fn check(&self) -> Result<()> {
+        let n = block_count(self.file_size, self.block_size);
+        let data: u64 = self.blocks.iter().map(|&b| self.block_len(b) as u64).sum();
+        if self.blocks.iter().any(|&b| b >= n) || data != self.stream_len() {
             return Err(Error::CorruptStore(
                 "manifest blocks and chunks disagree".into(),
             ));
         }
+        Ok(())
+    }
+}
+
+/// The manifest as the store keeps it (the `manifests` column family):
+/// chunks named by their store-local number (`docs/design.md`, *RocksDB
+/// layout*), block ids and numbers as runs. It is what [`Manifest`] is,
+/// less the chunk ids and lengths, which [`StoredManifest::resolve`] takes
+/// from the store's `numbers` records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredManifest {
+    pub block_size: u32,
+    pub file_size: u64,
+    pub identity: FileIdentity,
+    pub blocks: Vec<u64>,
+    pub numbers: Vec<u32>,
+}
+
+const STORED_VERSION: u8 = 2;
+/// No manifest holds more items than this (2^28 blocks of 4 KiB is a
+/// 1 TiB boot image): a damaged count or run cannot size a huge buffer.
+const MAX_ITEMS: u64 = 1 << 28;
+
+impl StoredManifest {
+    /// `manifest` with each chunk named by `number_of`; `Err` names a chunk
+    /// that has no number.
+    pub fn of(
+        manifest: &Manifest,
+        number_of: impl Fn(&ChunkId) -> Option<u32>,
+    ) -> std::result::Result<Self, ChunkId> {
+        let numbers = manifest
+            .chunks
+            .iter()
+            .map(|c| number_of(&c.id).ok_or(c.id))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(StoredManifest {
+            block_size: manifest.block_size,
+            file_size: manifest.file_size,
+            identity: manifest.identity,
+            blocks: manifest.blocks.clone(),
+            numbers,
+        })
+    }
+
+    /// Version 2: version u8 · block size varint · file size varint ·
+    /// identity (32) · the block ids as runs · the chunk numbers as runs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.blocks.len() / 2 + self.numbers.len() / 2);
+        out.push(STORED_VERSION);
+        varint(&mut out, self.block_size.into());
+        varint(&mut out, self.file_size);
+        out.extend_from_slice(&self.identity.0);
+        encode_runs(&mut out, self.blocks.iter().copied());
+        encode_runs(&mut out, self.numbers.iter().map(|&n| u64::from(n)));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let mut r = Cursor { bytes, at: 0 };
+        let version = r.take::<1>()?[0];
+        if version != STORED_VERSION {
+            return Err(Error::CorruptStore(format!(
+                "stored manifest version {version}"
+            )));
+        }
+        let block_size = u32::try_from(r.varint()?)
+            .map_err(|_| Error::CorruptStore("manifest block size".into()))?;
+        validate_block_size(block_size).map_err(|e| Error::CorruptStore(e.to_string()))?;
+        let file_size = r.varint()?;
+        let identity = FileIdentity(r.take()?);
+        let blocks = r.runs()?;
+        let numbers = r
+            .runs()?
+            .into_iter()
+            .map(u32::try_from)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::CorruptStore("a chunk number above 2^32".into()))?;
+        if r.at != bytes.len() {
+            return Err(Error::CorruptStore("trailing bytes in manifest".into()));
+        }
+        Ok(StoredManifest {
+            block_size,
+            file_size,
+            identity,
+            blocks,
+            numbers,
+        })
+    }
+
+    /// The manifest, each number replaced by its chunk (`chunk_of`), and
+    /// checked like a decoded one: blocks inside the file, block data as
+    /// long as the chunks.
+    pub fn resolve(self, chunk_of: impl Fn(u32) -> Option<ChunkRef>) -> Result<Manifest> {
+        let chunks = self
+            .numbers
+            .iter()
+            .map(|&n| {
+                chunk_of(n).ok_or_else(|| {
+                    Error::CorruptStore(format!(
+                        "manifest names chunk number {n}, which is unknown"
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let manifest = Manifest {
+            block_size: self.block_size,
+            file_size: self.file_size,
+            identity: self.identity,
+            blocks: self.blocks,
+            chunks,
+        };
+        manifest.check()?;
         Ok(manifest)
+    }
+}
+
+/// Appends `n` as a LEB128 varint.
+pub(crate) fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A sequence as runs of consecutive values: count varint, run count
+/// varint, then per run the zigzag distance from the end of the previous
+/// run (0 at first) to its start, shifted left by one with the low bit set
+/// if the run is longer than one value, as a varint; then, if so, its
+/// length less two. A boot reads blocks in requests of several, and an
+/// import numbers a boot image's new chunks in stream order, so most runs
+/// are long; a lone value costs only its distance.
+fn encode_runs(out: &mut Vec<u8>, values: impl Iterator<Item = u64>) {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut count = 0u64;
+    for v in values {
+        count += 1;
+        match runs.last_mut() {
+            Some((start, len)) if start.wrapping_add(*len) == v => *len += 1,
+            _ => runs.push((v, 1)),
+        }
+    }
+    varint(out, count);
+    varint(out, runs.len() as u64);
+    let mut end = 0u64;
+    for (start, len) in runs {
+        let delta = start.wrapping_sub(end) as i64;
+        let zigzag = ((delta << 1) ^ (delta >> 63)) as u64;
+        // The flag takes the zigzag distance's top bit: distances of 2^62
+        // and more do not arise (block ids are below 2^55, 2^64 bytes in
+        // the smallest blocks; numbers below 2^32).
+        varint(out, (zigzag << 1) | u64::from(len > 1));
+        if len > 1 {
+            varint(out, len - 2);
+        }
+        end = start.wrapping_add(len);
     }
 }
 
@@ -159,6 +317,54 @@ impl Cursor<'_> {
             .ok_or_else(|| Error::CorruptStore("truncated manifest".into()))?;
         self.at = end;
         Ok(slice.try_into().unwrap_or([0; N]))
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take::<1>()?[0];
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(Error::CorruptStore("a varint longer than 64 bits".into()))
+    }
+
+    /// A sequence written by [`encode_runs`].
+    fn runs(&mut self) -> Result<Vec<u64>> {
+        let count = self.varint()?;
+        let runs = self.varint()?;
+        // A run takes at least a byte; a count above what runs can hold or
+        // above any boot image is damage.
+        if count > MAX_ITEMS || runs > count || runs > (self.bytes.len() - self.at) as u64 {
+            return Err(Error::CorruptStore("manifest counts out of bounds".into()));
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        let mut end = 0u64;
+        for _ in 0..runs {
+            let head = self.varint()?;
+            let z = head >> 1;
+            let delta = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            let len = match head & 1 {
+                1 => self.varint()?.saturating_add(2),
+                _ => 1,
+            };
+            if len > count - out.len() as u64 {
+                return Err(Error::CorruptStore(
+                    "manifest runs exceed their count".into(),
+                ));
+            }
+            let start = end.wrapping_add(delta as u64);
+            out.extend((0..len).map(|i| start.wrapping_add(i)));
+            end = start.wrapping_add(len);
+        }
+        if out.len() as u64 != count {
+            return Err(Error::CorruptStore(
+                "manifest runs fall short of their count".into(),
+            ));
+        }
+        Ok(out)
     }
 
     /// A count of `item_len`-byte items, checked against the bytes left.
@@ -286,7 +492,90 @@ mod tests {
         assert_eq!(chunks, vec![(1, 5000..8292)]);
     }
 
+    /// The manifest of `manifest(..)` through the store's encoding, with
+    /// chunk `i` numbered `numbers[i]`.
+    fn stored_round_trip(m: &Manifest, numbers: &[u32]) -> (Vec<u8>, Manifest) {
+        let of = |id: &ChunkId| {
+            m.chunks
+                .iter()
+                .position(|c| c.id == *id)
+                .map(|i| numbers[i])
+        };
+        let bytes = StoredManifest::of(m, of).unwrap().encode();
+        let back = StoredManifest::decode(&bytes)
+            .unwrap()
+            .resolve(|n| numbers.iter().position(|&x| x == n).map(|i| m.chunks[i]))
+            .unwrap();
+        (bytes, back)
+    }
+
+    #[test]
+    fn stored_form_round_trips_and_refuses_truncation() {
+        let m = manifest(
+            vec![5, 6, 7, 1, 2, 9],
+            &[8192, 4096, 4096, 4096, 4096],
+            1 << 20,
+        );
+        let (bytes, back) = stored_round_trip(&m, &[7, 8, 9, 3, 70_000]);
+        assert_eq!(back, m);
+        for len in 0..bytes.len() {
+            assert!(StoredManifest::decode(&bytes[..len]).is_err(), "{len}");
+        }
+        // An unknown number is an error, not a chunk.
+        let stored = StoredManifest::decode(&bytes).unwrap();
+        assert!(stored.resolve(|_| None).is_err());
+    }
+
+    #[test]
+    fn runs_make_a_sequential_boot_image_small() {
+        // 10 000 blocks read in requests of 8, chunks numbered in stream
+        // order: a few bytes per request, against 44 per block in v1.
+        let blocks: Vec<u64> = (0..1250u64).rev().flat_map(|r| r * 8..r * 8 + 8).collect();
+        let m = manifest(blocks, &vec![4096; 10_000], 1 << 30);
+        let numbers: Vec<u32> = (100..10_100).collect();
+        let (bytes, back) = stored_round_trip(&m, &numbers);
+        assert_eq!(back, m);
+        assert!(bytes.len() < 1250 * 4, "{} bytes", bytes.len());
+        assert!(m.encode().len() > 10_000 * 44);
+    }
+
+    #[test]
+    fn damaged_counts_are_refused_before_they_allocate() {
+        let m = manifest(vec![1, 2], &[8192], 1 << 20);
+        let (mut bytes, _) = stored_round_trip(&m, &[4]);
+        // The block count: after version, block size (2-byte varint), file
+        // size (3-byte varint) and identity.
+        let at = 1 + 2 + 3 + 32;
+        assert_eq!(bytes[at], 2);
+        bytes.splice(at..at + 1, [0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(StoredManifest::decode(&bytes).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn stored_form_round_trips(
+            blocks in proptest::collection::vec(0u64..5000, 0..200),
+            numbers in proptest::collection::vec(any::<u32>(), 1..50),
+        ) {
+            let mut blocks = blocks;
+            blocks.sort_unstable();
+            blocks.dedup();
+            let total = blocks.len() as u64 * 4096;
+            // Chunks of 4096 each, as many as the blocks; numbers repeat.
+            let n = blocks.len();
+            let lens = vec![4096u32; n];
+            let mut m = manifest(blocks, &lens, 5000 * 4096);
+            prop_assert_eq!(m.stream_len(), total);
+            let numbers: Vec<u32> = (0..n).map(|i| numbers[i % numbers.len()]).collect();
+            // Equal numbers must name equal chunks.
+            for i in 0..n {
+                let first = numbers.iter().position(|&x| x == numbers[i]).unwrap();
+                m.chunks[i] = m.chunks[first];
+            }
+            let (_, back) = stored_round_trip(&m, &numbers);
+            prop_assert_eq!(back, m);
+        }
+
         #[test]
         fn chunks_for_covers_exactly(lens in proptest::collection::vec(1u32..5000, 1..30), a in any::<u64>(), b in any::<u64>()) {
             let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();

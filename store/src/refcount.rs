@@ -68,9 +68,25 @@ impl ManifestChanges {
                 Err(e) => return Err(e),
             };
             delta(old.as_ref(), new.as_ref(), &mut change);
-            match new {
-                Some(manifest) => batch.put_manifest(name, manifest)?,
-                None => batch.delete_manifest(name)?,
+            if new.is_none() {
+                batch.delete_manifest(name)?;
+            }
+        }
+        // A stored manifest names its chunks by number: every chunk of a
+        // new one needs its refs record, not only those whose count moves.
+        let unknown: Vec<ChunkId> = self
+            .by_name
+            .values()
+            .flatten()
+            .flat_map(|m| m.chunks.iter().map(|c| c.id))
+            .filter(|id| !known.contains_key(id))
+            .collect();
+        if !unknown.is_empty() {
+            known.extend(store.chunk_infos_of(unknown)?);
+        }
+        for (name, new) in &self.by_name {
+            if let Some(manifest) = new {
+                batch.put_manifest(name, manifest, known)?;
             }
         }
         for (id, change) in change {

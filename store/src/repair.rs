@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::Manifest;
 use crate::name::validate_name;
-use crate::store::{pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_PACKS, CF_REFS};
+use crate::store::{
+    pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_NUMBERS, CF_PACKS, CF_REFS,
+};
 use crate::verify::{Place, Problem, VerifyReport};
 use crate::Result;
 
@@ -33,6 +35,9 @@ pub struct RepairReport {
     /// (chunk, pack): chunks whose refs records were lost, given new ones
     /// that point at their intact bytes in that pack.
     pub relocated: Vec<(ChunkId, u64)>,
+    /// `numbers` records written again from the refs records (a number's
+    /// record lost or wrong: the manifests that name it did not resolve).
+    pub numbers_rewritten: u64,
 }
 
 /// What a repair writes, in one batch.
@@ -46,6 +51,9 @@ struct Fix {
     damaged_packs: HashSet<u64>,
     /// Verify found refs records it could not read.
     damaged_refs: bool,
+    /// Verify found `numbers` records lost or wrong: they are written
+    /// again from the refs records.
+    damaged_numbers: bool,
     /// (chunk, where its bytes are intact, refcount): lost refs records.
     relocated: Vec<(ChunkId, Place, u64)>,
 }
@@ -96,6 +104,12 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             Problem::UnreadableRecords { column_family, .. } if column_family == CF_REFS => {
                 fix.damaged_refs = true;
             }
+            Problem::UnreadableRecords { column_family, .. }
+            | Problem::BadRecord { column_family, .. }
+                if column_family == CF_NUMBERS =>
+            {
+                fix.damaged_numbers = true;
+            }
             Problem::RefcountMismatch {
                 chunk,
                 recorded,
@@ -141,7 +155,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
             out.unrepaired.push((*chunk, whys.join("; ")));
         }
     }
-    rewrite(store, &fix)?;
+    out.numbers_rewritten = rewrite(store, &fix)?;
     Ok(out)
 }
 
@@ -204,15 +218,17 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
 /// deletes the refs records of dropped chunks, and deletes each pack this
 /// leaves empty, in one synced batch: a repair killed part way leaves the
 /// store as it was, or repaired. Damaged table files are dropped after it
-/// (killed before, the next repair finds them again).
-fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
+/// (killed before, the next repair finds them again). Returns how many
+/// `numbers` records it wrote again.
+fn rewrite(store: &Store, fix: &Fix) -> Result<u64> {
     if fix.rebuilt.is_empty()
         && fix.dropped.is_empty()
         && fix.refcounts.is_empty()
         && fix.relocated.is_empty()
         && !fix.damaged_refs
+        && !fix.damaged_numbers
     {
-        return Ok(());
+        return Ok(0);
     }
     let _guard = store.write_lock();
     let scan = store.readable_chunk_infos()?;
@@ -248,6 +264,23 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
             }
         }
     }
+    // A number's record says which chunk it names; each refs record holds
+    // its chunk's number, so lost ones are written back from there, over
+    // the key ranges of damaged table files, which are then dropped.
+    let number_tables = match (fix.damaged_numbers, store.numbers()?.1) {
+        (true, Some(gap)) => store.tables_holding(&gap)?.unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for range in &number_tables {
+        batch.delete_range(CF_NUMBERS, range)?;
+    }
+    let mut numbers_rewritten = 0;
+    if fix.damaged_numbers {
+        for (id, info) in &infos {
+            batch.put_number(id, info)?;
+            numbers_rewritten += 1;
+        }
+    }
     // How many chunks live in each pack, less those that move out.
     let mut remaining: HashMap<u64, u64> = HashMap::new();
     for info in infos.values() {
@@ -271,6 +304,19 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
         move_out(id);
         batch.delete_refs(id)?;
     }
+    // A chunk keeps its number, which manifests name it by: from its refs
+    // record, or, if that is lost, from its `numbers` record.
+    let mut numbers: HashMap<ChunkId, u32> = infos.iter().map(|(id, i)| (*id, i.number)).collect();
+    if !fix.relocated.is_empty()
+        || fix
+            .rebuilt
+            .iter()
+            .any(|(id, _, _)| !numbers.contains_key(id))
+    {
+        for (id, number) in store.numbers()?.0 {
+            numbers.entry(id).or_insert(number);
+        }
+    }
     let mut chunks = Vec::with_capacity(fix.rebuilt.len());
     for (id, raw, refs) in &fix.rebuilt {
         move_out(id);
@@ -281,12 +327,16 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
         chunks.push((*id, &raw[..], refs));
     }
     for (id, place, refs) in &fix.relocated {
-        if let Some(info) = store.locate(place.pack, place.offset, *refs)? {
+        // Without a number no manifest can name it: a fresh one is as good.
+        let Some(&number) = numbers.get(id) else {
+            continue;
+        };
+        if let Some(info) = store.locate(place.pack, place.offset, *refs, number)? {
             batch.put_refs(id, &info)?;
             *remaining.entry(place.pack).or_default() += 1;
         }
     }
-    let packs = store.build_packs(&chunks);
+    let packs = store.build_packs(&chunks, &numbers)?;
     batch.put_packs(&packs)?;
     let mut deleted = HashSet::new();
     for (pack, count) in remaining {
@@ -299,6 +349,9 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
     for range in &tables {
         store.drop_tables(CF_REFS, range)?;
     }
+    for range in &number_tables {
+        store.drop_tables(CF_NUMBERS, range)?;
+    }
     // With every damaged pack deleted, a scan of their table files' ranges
     // fails only on a damaged block of a table (a deleted key's blob is not
     // read): then that file goes too, or every compaction would fail on it.
@@ -306,7 +359,7 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
         fix.damaged_packs.iter().min(),
         fix.damaged_packs.iter().max(),
     ) else {
-        return Ok(());
+        return Ok(numbers_rewritten);
     };
     if fix.damaged_packs.is_subset(&deleted) {
         let packs = Gap {
@@ -319,5 +372,5 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<()> {
             store.rewrite_unreadable_range(CF_PACKS, &range)?;
         }
     }
-    Ok(())
+    Ok(numbers_rewritten)
 }

@@ -43,6 +43,9 @@ pub struct StoreStats {
     pub garbage_bytes: u64,
     /// The store directory on disk (RocksDB files, WAL, metadata).
     pub disk_bytes: u64,
+    /// Where `disk_bytes` goes: table files per column family and blob
+    /// files (the packs), by name; the rest is RocksDB's own files.
+    pub disk_parts: std::collections::BTreeMap<String, u64>,
     /// logical / raw: what deduplication saves.
     pub dedup_ratio: f64,
     /// raw / stored: what zstd saves.
@@ -103,6 +106,7 @@ pub fn stats(store: &Store) -> Result<(Vec<VmiStats>, StoreStats)> {
         garbage_chunks: 0,
         garbage_bytes: 0,
         disk_bytes: store.disk_usage()?,
+        disk_parts: store.table_bytes()?.into_iter().collect(),
         dedup_ratio: 0.0,
         compression_ratio: 0.0,
         total_ratio: 0.0,

@@ -7,7 +7,10 @@
 //!   the LSM tree so compaction does not rewrite them.
 //! - `refs`: chunk id -> [`ChunkInfo`] (refcount, sizes, pack and offset).
 //!   A pack and the refs records of its chunks are written in one batch.
-//! - `manifests`: VMI name -> encoded [`Manifest`].
+//! - `numbers`: chunk number (u32 big-endian) -> chunk id and length. A
+//!   chunk's number is store-local and fixed for its life; manifests name
+//!   chunks by it, 4 bytes or less instead of 36.
+//! - `manifests`: VMI name -> [`StoredManifest`].
 //!
 //! Every change that touches refcounts (import, rm, gc) runs under the
 //! store's write lock and ends in one synced `WriteBatch`, so a crash leaves
@@ -22,14 +25,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
-    ErrorKind, FlushOptions, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DBCompressionType, Direction, ErrorKind, FlushOptions, IteratorMode, LogLevel,
+    Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::{Chunking, FASTCDC_VERSION};
 use crate::id::ChunkId;
-use crate::manifest::Manifest;
+use crate::manifest::{varint, ChunkRef, Manifest, StoredManifest};
 use crate::pack::{decode_pack, encode_pack, Pack};
 use crate::{Error, Result};
 
@@ -37,6 +41,7 @@ pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_PACKS: &str = "packs";
 pub(crate) const CF_REFS: &str = "refs";
 pub(crate) const CF_MANIFESTS: &str = "manifests";
+pub(crate) const CF_NUMBERS: &str = "numbers";
 const CONFIG_KEY: &[u8] = b"config";
 /// `meta` key of the next pack id (u64 LE). Kept, not derived from the last
 /// pack, so an id is never reused after gc deletes the newest pack: a mount
@@ -45,7 +50,11 @@ const NEXT_PACK_KEY: &[u8] = b"next_pack";
 /// Decoded packs `read_chunk` keeps, so reading a boot image's chunks in
 /// order decodes each pack once (the mount does not use them).
 const PACK_CACHE: usize = 16;
-pub const STORE_FORMAT: u32 = 2;
+/// `meta` key of the next chunk number (u64 LE), kept like `next_pack`.
+const NEXT_NUMBER_KEY: &[u8] = b"next_number";
+/// 3: chunk numbers, compact refs records and manifests (docs/design.md,
+/// *Versioning*).
+pub const STORE_FORMAT: u32 = 3;
 
 /// What a store was created with. Never changes afterwards: the chunking
 /// decides chunk ids, so mixing two would stop deduplication silently.
@@ -70,7 +79,8 @@ impl Default for StoreConfig {
 
 /// The `refs` record of a chunk: how many manifests reference it (0 means
 /// garbage that `gc` may collect), its raw size, its share of its pack's
-/// stored bytes, and where it is: pack id and raw offset in the pack.
+/// stored bytes, where it is (pack id and raw offset in the pack), and the
+/// number manifests name it by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkInfo {
     pub refs: u64,
@@ -78,38 +88,80 @@ pub struct ChunkInfo {
     pub stored_len: u32,
     pub pack: u64,
     pub offset: u32,
+    pub number: u32,
 }
 
-const INFO_LEN: usize = 28;
-
 impl ChunkInfo {
-    pub(crate) fn encode(&self) -> [u8; INFO_LEN] {
-        let mut out = [0u8; INFO_LEN];
-        out[..8].copy_from_slice(&self.refs.to_le_bytes());
-        out[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
-        out[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
-        out[16..24].copy_from_slice(&self.pack.to_le_bytes());
-        out[24..].copy_from_slice(&self.offset.to_le_bytes());
+    /// Six varints: refs, raw_len, stored_len, pack, offset, number (about
+    /// 12 bytes, against 28 fixed).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        for n in [
+            self.refs,
+            self.raw_len.into(),
+            self.stored_len.into(),
+            self.pack,
+            self.offset.into(),
+            self.number.into(),
+        ] {
+            varint(&mut out, n);
+        }
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() != INFO_LEN {
-            return Err(Error::CorruptStore(format!(
-                "refs record of {} bytes",
-                bytes.len()
-            )));
+        let bad = || Error::CorruptStore(format!("refs record {} does not decode", hex(bytes)));
+        let mut at = 0;
+        let mut fields = [0u64; 6];
+        for field in &mut fields {
+            *field = read_varint(bytes, &mut at).ok_or_else(bad)?;
         }
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        if at != bytes.len() {
+            return Err(bad());
+        }
+        let small = |n: u64| u32::try_from(n).map_err(|_| bad());
         Ok(ChunkInfo {
-            refs: u64_at(0),
-            raw_len: u32_at(8),
-            stored_len: u32_at(12),
-            pack: u64_at(16),
-            offset: u32_at(24),
+            refs: fields[0],
+            raw_len: small(fields[1])?,
+            stored_len: small(fields[2])?,
+            pack: fields[3],
+            offset: small(fields[4])?,
+            number: small(fields[5])?,
         })
     }
+}
+
+/// The varint at `*at` of `bytes`, moving `*at` past it.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// A `numbers` record: the chunk's id, then its length as a varint.
+fn encode_number_record(id: &ChunkId, raw_len: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(36);
+    out.extend_from_slice(id.as_bytes());
+    varint(&mut out, raw_len.into());
+    out
+}
+
+fn decode_number_record(bytes: &[u8]) -> Option<ChunkRef> {
+    let id = ChunkId::from_slice(bytes.get(..32)?)?;
+    let mut at = 32;
+    let len = u32::try_from(read_varint(bytes, &mut at)?).ok()?;
+    (at == bytes.len()).then_some(ChunkRef { id, len })
+}
+
+pub(crate) fn number_key(number: u32) -> [u8; 4] {
+    number.to_be_bytes()
 }
 
 /// A pack ready to be written: its id, its value and the refs records of
@@ -220,16 +272,44 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Drops chunk number `number`: only for a chunk no manifest uses
+    /// (`gc`), since a manifest naming it would no longer decode.
+    pub fn delete_number(&mut self, number: u32) -> Result<()> {
+        self.inner
+            .delete_cf(self.store.cf(CF_NUMBERS)?, number_key(number));
+        Ok(())
+    }
+
+    /// (Re)writes the `numbers` record of a chunk whose refs record says
+    /// `info` (repair, when that record was lost).
+    pub fn put_number(&mut self, id: &ChunkId, info: &ChunkInfo) -> Result<()> {
+        self.inner.put_cf(
+            self.store.cf(CF_NUMBERS)?,
+            number_key(info.number),
+            encode_number_record(id, info.raw_len),
+        );
+        Ok(())
+    }
+
     pub fn delete_pack(&mut self, id: u64) -> Result<()> {
         self.inner.delete_cf(self.store.cf(CF_PACKS)?, pack_key(id));
         Ok(())
     }
 
-    pub fn put_manifest(&mut self, name: &str, manifest: &Manifest) -> Result<()> {
+    /// Puts `manifest` under `name`, its chunks named by the numbers in
+    /// `infos` (which must hold the refs record of every chunk it uses).
+    pub fn put_manifest(
+        &mut self,
+        name: &str,
+        manifest: &Manifest,
+        infos: &HashMap<ChunkId, ChunkInfo>,
+    ) -> Result<()> {
+        let stored = StoredManifest::of(manifest, |id| infos.get(id).map(|i| i.number))
+            .map_err(|id| Error::MissingChunk { id })?;
         self.inner.put_cf(
             self.store.cf(CF_MANIFESTS)?,
             name.as_bytes(),
-            manifest.encode(),
+            stored.encode(),
         );
         Ok(())
     }
@@ -240,18 +320,27 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Adds `packs`, their chunks' refs records and the next pack id.
+    /// Adds `packs`, their chunks' refs and numbers records, and the next
+    /// pack id and chunk number.
     pub fn put_packs(&mut self, packs: &[NewPack]) -> Result<()> {
         let (packs_cf, refs_cf) = (self.store.cf(CF_PACKS)?, self.store.cf(CF_REFS)?);
+        let numbers_cf = self.store.cf(CF_NUMBERS)?;
         for pack in packs {
             self.inner.put_cf(packs_cf, pack_key(pack.id), &pack.value);
             for (id, info) in &pack.chunks {
                 self.inner.put_cf(refs_cf, id.as_bytes(), info.encode());
+                self.inner.put_cf(
+                    numbers_cf,
+                    number_key(info.number),
+                    encode_number_record(id, info.raw_len),
+                );
             }
         }
+        let meta = self.store.cf(CF_META)?;
         let next = self.store.next_pack.load(Ordering::Relaxed);
-        self.inner
-            .put_cf(self.store.cf(CF_META)?, NEXT_PACK_KEY, next.to_le_bytes());
+        self.inner.put_cf(meta, NEXT_PACK_KEY, next.to_le_bytes());
+        let next = self.store.next_number.load(Ordering::Relaxed);
+        self.inner.put_cf(meta, NEXT_NUMBER_KEY, next.to_le_bytes());
         Ok(())
     }
 
@@ -284,6 +373,7 @@ pub struct Store {
     config: StoreConfig,
     write_lock: Mutex<()>,
     next_pack: AtomicU64,
+    next_number: AtomicU64,
     packs: Mutex<lru::LruCache<u64, Arc<Pack>>>,
     /// A writer's hold on the one-writer lock ([`lock_writer`]).
     _writer: Option<fs::File>,
@@ -363,6 +453,7 @@ impl Store {
     pub(crate) fn open_with(path: &Path, access: Access) -> Result<Self> {
         const WRITER_OPEN_FILES: i32 = 512;
         require_store(path)?;
+        refuse_older_format(path)?;
         let mut opts = db_options(false);
         let mut writer = None;
         let db = match access {
@@ -398,13 +489,7 @@ impl Store {
         let config: StoreConfig = serde_json::from_slice(&raw)
             .map_err(|e| Error::CorruptStore(format!("config: {e}")))?;
         if config.format != STORE_FORMAT {
-            return Err(Error::StoreConfig {
-                path: path.to_path_buf(),
-                why: format!(
-                    "store format {} is not supported (this build: {STORE_FORMAT}); import the boot images (.yolo) into a new store",
-                    config.format
-                ),
-            });
+            return Err(unsupported_format(path, config.format));
         }
         if matches!(config.chunking, Chunking::Fastcdc { .. })
             && config.fastcdc_version != FASTCDC_VERSION
@@ -417,19 +502,23 @@ impl Store {
                 ),
             });
         }
-        let next_pack =
-            match db.get_cf(meta, NEXT_PACK_KEY)? {
-                Some(v) => u64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
-                    Error::CorruptStore(format!("next pack id of {} bytes", v.len()))
-                })?),
-                None => 1,
-            };
+        let counter = |key: &[u8], first: u64| -> Result<u64> {
+            match db.get_cf(meta, key)? {
+                Some(v) => Ok(u64::from_le_bytes(v.as_slice().try_into().map_err(
+                    |_| Error::CorruptStore(format!("meta record of {} bytes", v.len())),
+                )?)),
+                None => Ok(first),
+            }
+        };
+        let next_pack = counter(NEXT_PACK_KEY, 1)?;
+        let next_number = counter(NEXT_NUMBER_KEY, 0)?;
         Ok(Store {
             db,
             path: path.to_path_buf(),
             config,
             write_lock: Mutex::new(()),
             next_pack: AtomicU64::new(next_pack),
+            next_number: AtomicU64::new(next_number),
             packs: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(PACK_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -459,18 +548,47 @@ impl Store {
     }
 
     /// Builds packs of `chunks` (id, raw bytes, refcount), in the order
-    /// given, compressed on every core, with fresh pack ids. The caller
-    /// holds the write lock and writes them with [`Store::put_packs`].
-    pub(crate) fn build_packs(&self, chunks: &[(ChunkId, &[u8], u64)]) -> Vec<NewPack> {
+    /// given, compressed on every core, with fresh pack ids. A chunk keeps
+    /// its number in `numbers` (gc and repair move chunks that manifests
+    /// name); the others get fresh numbers in the order given, so a boot
+    /// image's new chunks are numbered in runs. The caller holds the write
+    /// lock and writes them with [`Batch::put_packs`].
+    pub(crate) fn build_packs(
+        &self,
+        chunks: &[(ChunkId, &[u8], u64)],
+        numbers: &HashMap<ChunkId, u32>,
+    ) -> Result<Vec<NewPack>> {
         use rayon::prelude::*;
+        let fresh = chunks
+            .iter()
+            .filter(|(id, _, _)| !numbers.contains_key(id))
+            .count() as u64;
+        let mut next = self.next_number.fetch_add(fresh, Ordering::Relaxed);
+        if next.saturating_add(fresh) > u64::from(u32::MAX) + 1 {
+            return Err(Error::Invalid(
+                "the store has given out 2^32 chunk numbers; import into a new store".into(),
+            ));
+        }
+        let chunk_numbers: Vec<u32> = chunks
+            .iter()
+            .map(|(id, _, _)| match numbers.get(id) {
+                Some(&n) => n,
+                None => {
+                    next += 1;
+                    (next - 1) as u32
+                }
+            })
+            .collect();
         let runs = crate::pack::runs(chunks, crate::pack::PACK_BYTES, |(_, raw, _)| raw.len());
         let first = self
             .next_pack
             .fetch_add(runs.len() as u64, Ordering::Relaxed);
         let level = self.config.zstd_level;
-        runs.into_par_iter()
+        Ok(runs
+            .into_par_iter()
             .enumerate()
             .map(|(i, run)| {
+                let numbers = &chunk_numbers[run.clone()];
                 let run = &chunks[run];
                 let input: Vec<&[u8]> = run.iter().map(|(_, raw, _)| *raw).collect();
                 let (value, offsets) = encode_pack(&input, level);
@@ -481,20 +599,22 @@ impl Store {
                     .iter()
                     .zip(offsets)
                     .zip(shares)
-                    .map(|(((cid, raw, refs), offset), share)| {
+                    .zip(numbers)
+                    .map(|((((cid, raw, refs), offset), share), &number)| {
                         let info = ChunkInfo {
                             refs: *refs,
                             raw_len: raw.len() as u32,
                             stored_len: share,
                             pack: id,
                             offset,
+                            number,
                         };
                         (*cid, info)
                     })
                     .collect();
                 NewPack { id, value, chunks }
             })
-            .collect()
+            .collect())
     }
 
     /// An empty batch of changes for [`Store::write`].
@@ -523,14 +643,20 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes the `packs`, `refs` and `meta` column families atomically
-    /// (with `atomic_flush`, a pack is never durable without its chunks'
-    /// refs records, nor without the next pack id past it).
+    /// Flushes the `packs`, `refs`, `numbers` and `meta` column families
+    /// atomically (with `atomic_flush`, a pack is never durable without
+    /// its chunks' refs and numbers records, nor without the next pack id
+    /// and chunk number past them).
     pub(crate) fn flush_chunks(&self) -> Result<()> {
         let mut flush = FlushOptions::default();
         flush.set_wait(true);
         self.db.flush_cfs_opt(
-            &[self.cf(CF_PACKS)?, self.cf(CF_REFS)?, self.cf(CF_META)?],
+            &[
+                self.cf(CF_PACKS)?,
+                self.cf(CF_REFS)?,
+                self.cf(CF_NUMBERS)?,
+                self.cf(CF_META)?,
+            ],
             &flush,
         )?;
         Ok(())
@@ -549,10 +675,45 @@ impl Store {
     }
 
     pub fn manifest(&self, name: &str) -> Result<Manifest> {
-        match self.db.get_cf(self.cf(CF_MANIFESTS)?, name.as_bytes())? {
-            Some(bytes) => Manifest::decode(&bytes),
-            None => Err(Error::UnknownVmi(name.to_string())),
+        let stored = match self.db.get_cf(self.cf(CF_MANIFESTS)?, name.as_bytes())? {
+            Some(bytes) => StoredManifest::decode(&bytes)?,
+            None => return Err(Error::UnknownVmi(name.to_string())),
+        };
+        let mut numbers = stored.numbers.clone();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let keys: Vec<[u8; 4]> = numbers.iter().map(|&n| number_key(n)).collect();
+        let found = self
+            .db
+            .batched_multi_get_cf(self.cf(CF_NUMBERS)?, keys.iter(), true);
+        let mut chunks = HashMap::with_capacity(numbers.len());
+        for (n, value) in numbers.iter().zip(found) {
+            if let Some(chunk) = value?.as_deref().and_then(decode_number_record) {
+                chunks.insert(*n, chunk);
+            }
         }
+        stored.resolve(|n| chunks.get(&n).copied())
+    }
+
+    /// Every `numbers` record RocksDB can read, and the range it could not
+    /// (a damaged SST block), if any. A record that does not decode is left
+    /// out: the manifests that name it fail to resolve, and say which.
+    fn chunk_numbers(&self) -> Result<(HashMap<u32, ChunkRef>, Option<Gap>)> {
+        let mut out = HashMap::new();
+        let gap = self.scan(CF_NUMBERS, |key, value| {
+            if let (Ok(key), Some(chunk)) = (<[u8; 4]>::try_from(key), decode_number_record(value))
+            {
+                out.insert(u32::from_be_bytes(key), chunk);
+            }
+        })?;
+        Ok((out, gap))
+    }
+
+    /// Every `numbers` record RocksDB can read, as chunk id -> number
+    /// (`verify`, `repair`), and the range it could not read, if any.
+    pub(crate) fn numbers(&self) -> Result<(HashMap<ChunkId, u32>, Option<Gap>)> {
+        let (numbers, gap) = self.chunk_numbers()?;
+        Ok((numbers.into_iter().map(|(n, c)| (c.id, n)).collect(), gap))
     }
 
     /// Names of every VMI with a boot image, sorted.
@@ -584,8 +745,12 @@ impl Store {
     /// hold one manifest in memory, not the whole store's. Records that
     /// RocksDB cannot read are an error, after the readable ones.
     pub fn each_manifest(&self, mut each: impl FnMut(&str, Result<Manifest>)) -> Result<()> {
+        let (numbers, gap) = self.chunk_numbers()?;
+        if let Some(gap) = gap {
+            return Err(gap.into_error());
+        }
         let gap = self.scan(CF_MANIFESTS, |key, value| {
-            each(&String::from_utf8_lossy(key), Manifest::decode(value))
+            each(&String::from_utf8_lossy(key), resolve(value, &numbers))
         })?;
         match gap {
             Some(gap) => Err(gap.into_error()),
@@ -595,12 +760,16 @@ impl Store {
 
     /// Every manifest RocksDB can read, and the range of names it could
     /// not read (a damaged SST block), if any.
+    /// Manifests that name a chunk number whose record did not read are
+    /// errors in place (`verify` reports unreadable `numbers` records on
+    /// their own).
     pub(crate) fn readable_manifests(&self) -> Result<(NamedManifests, Option<Gap>)> {
+        let (numbers, _) = self.chunk_numbers()?;
         let mut out = Vec::new();
         let gap = self.scan(CF_MANIFESTS, |key, value| {
             out.push((
                 String::from_utf8_lossy(key).into_owned(),
-                Manifest::decode(value),
+                resolve(value, &numbers),
             ))
         })?;
         Ok((out, gap))
@@ -855,7 +1024,13 @@ impl Store {
     /// raw `offset` of pack `pack`: for a chunk whose own record is lost
     /// but whose bytes `verify` found intact there. `None` if the pack no
     /// longer reads or has no chunk there.
-    pub(crate) fn locate(&self, pack: u64, offset: u32, refs: u64) -> Result<Option<ChunkInfo>> {
+    pub(crate) fn locate(
+        &self,
+        pack: u64,
+        offset: u32,
+        refs: u64,
+        number: u32,
+    ) -> Result<Option<ChunkInfo>> {
         let Some(value) = self.read_encoded_packs(&[pack])?.pop().flatten() else {
             return Ok(None);
         };
@@ -872,6 +1047,7 @@ impl Store {
                     stored_len: share,
                     pack,
                     offset,
+                    number,
                 }));
             }
             at += len;
@@ -982,6 +1158,29 @@ impl Store {
         self.write(batch)
     }
 
+    /// Bytes of table files (SSTs) per column family, in name order, and
+    /// of blob files (the packs' values): where the store directory goes.
+    pub fn table_bytes(&self) -> Result<Vec<(String, u64)>> {
+        let mut by_cf: std::collections::BTreeMap<String, u64> =
+            [CF_META, CF_PACKS, CF_REFS, CF_NUMBERS, CF_MANIFESTS]
+                .iter()
+                .map(|cf| (cf.to_string(), 0))
+                .collect();
+        for file in self.db.live_files()? {
+            *by_cf.entry(file.column_family_name).or_default() += file.size as u64;
+        }
+        let mut blobs = 0;
+        for entry in fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.path, e))?;
+            if entry.path().extension().is_some_and(|e| e == "blob") {
+                blobs += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        let mut out: Vec<(String, u64)> = by_cf.into_iter().collect();
+        out.push(("blob files".into(), blobs));
+        Ok(out)
+    }
+
     /// Bytes the store's directory takes on disk.
     pub fn disk_usage(&self) -> Result<u64> {
         let mut total = 0;
@@ -996,13 +1195,76 @@ impl Store {
         Ok(total)
     }
 
+    /// After an import: merges what it left in the small column families
+    /// and, once they are many, the `packs` index files (docs/design.md,
+    /// *On disk*). Import writes each new chunk's refs record twice (count
+    /// 0 with its pack, then its count with the manifest), so until
+    /// compaction `refs` holds both; and each import's flush leaves a small
+    /// `packs` index file that RocksDB moves down the levels without ever
+    /// merging (pack ids only grow, so files never overlap).
+    pub(crate) fn settle(&self) -> Result<()> {
+        /// Table files of `packs` or `numbers` tolerated before they are
+        /// merged into one.
+        const TABLES: usize = 16;
+        for name in [CF_REFS, CF_NUMBERS, CF_MANIFESTS] {
+            self.db.flush_cf(self.cf(name)?)?;
+        }
+        // `refs` and `manifests` are merged once what the latest imports
+        // left in level 0 is a quarter of the column family: each merge
+        // rewrites it whole, so merging after every import would make an
+        // import's cost grow with the store; this way each byte is
+        // rewritten a few times at most, and stale copies stay under a
+        // quarter.
+        let files = self.db.live_files()?;
+        for name in [CF_REFS, CF_MANIFESTS] {
+            let (mut fresh, mut all) = (0, 0);
+            for f in files.iter().filter(|f| f.column_family_name == name) {
+                all += f.size;
+                if f.level == 0 {
+                    fresh += f.size;
+                }
+            }
+            if fresh > 0 && fresh * 4 >= all {
+                self.db
+                    .compact_range_cf(self.cf(name)?, None::<&[u8]>, None::<&[u8]>);
+            }
+        }
+        // Keys that only grow (pack ids, chunk numbers) never overlap, so
+        // compaction moves their files down whole; merging them takes a
+        // forced compaction of the last level.
+        let mut force = CompactOptions::default();
+        force.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
+        let tables = |name: &str| {
+            files
+                .iter()
+                .filter(|f| f.column_family_name == name)
+                .count()
+        };
+        if tables(CF_NUMBERS) > TABLES {
+            let numbers = self.cf(CF_NUMBERS)?;
+            self.db
+                .compact_range_cf_opt(numbers, None::<&[u8]>, None::<&[u8]>, &force);
+        }
+        if tables(CF_PACKS) > TABLES {
+            // Index entries only: blob GC off, so no pack is rewritten.
+            let packs = self.cf(CF_PACKS)?;
+            self.db
+                .set_options_cf(packs, &[("enable_blob_garbage_collection", "false")])?;
+            self.db
+                .compact_range_cf_opt(packs, None::<&[u8]>, None::<&[u8]>, &force);
+            self.db
+                .set_options_cf(packs, &[("enable_blob_garbage_collection", "true")])?;
+        }
+        Ok(())
+    }
+
     /// Flushes memtables and compacts, so deleted chunks give their space
     /// back: blob files are rewritten without the dead values.
     pub(crate) fn compact(&self) -> Result<()> {
         let chunks = self.cf(CF_PACKS)?;
         self.db
             .set_options_cf(chunks, &[("blob_garbage_collection_age_cutoff", "1.0")])?;
-        for name in [CF_PACKS, CF_REFS, CF_MANIFESTS] {
+        for name in [CF_PACKS, CF_REFS, CF_NUMBERS, CF_MANIFESTS] {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf)?;
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
@@ -1017,6 +1279,47 @@ impl Store {
 /// still consistent here (counters, caches), so poisoning is ignored.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a store of another format is told.
+fn unsupported_format(path: &Path, format: u32) -> Error {
+    Error::StoreConfig {
+        path: path.to_path_buf(),
+        why: format!(
+            "store format {format} is not supported (this build reads {STORE_FORMAT}); \
+             it is not converted in place: with the build that made it, `yolo-store export` \
+             each VMI's boot image (or keep the .yolo files), then `yolo-store import` them \
+             into a new store"
+        ),
+    }
+}
+
+/// A store of format 2 or older has no `numbers` column family, and
+/// RocksDB refuses to open it with ours before its config can be read: so
+/// its format is read through its own column families, only to refuse it
+/// with the reason.
+fn refuse_older_format(path: &Path) -> Result<()> {
+    let Ok(existing) = DB::list_cf(&Options::default(), path) else {
+        return Ok(()); // RocksDB's own error comes from the real open
+    };
+    if existing.iter().any(|cf| cf == CF_NUMBERS) || !existing.iter().any(|cf| cf == CF_META) {
+        return Ok(());
+    }
+    let db = DB::open_cf_for_read_only(&Options::default(), path, &existing, false)?;
+    let meta = db
+        .cf_handle(CF_META)
+        .ok_or_else(|| Error::CorruptStore("no meta column family".into()))?;
+    let format = db
+        .get_cf(meta, CONFIG_KEY)?
+        .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
+        .and_then(|config| config.get("format")?.as_u64())
+        .unwrap_or(0);
+    Err(unsupported_format(path, format as u32))
+}
+
+/// A stored manifest, its chunk numbers resolved through `numbers`.
+fn resolve(value: &[u8], numbers: &HashMap<u32, ChunkRef>) -> Result<Manifest> {
+    StoredManifest::decode(value)?.resolve(|n| numbers.get(&n).copied())
 }
 
 /// Makes `path` a directory (mode 0700) if it is nothing yet; refuses
@@ -1085,7 +1388,7 @@ fn finish_creation(path: &Path, config: StoreConfig) -> Result<()> {
     if db.get_cf(meta, CONFIG_KEY)?.is_some() {
         return Ok(());
     }
-    for name in [CF_PACKS, CF_REFS, CF_MANIFESTS] {
+    for name in [CF_PACKS, CF_REFS, CF_NUMBERS, CF_MANIFESTS] {
         let cf = db
             .cf_handle(name)
             .ok_or_else(|| Error::CorruptStore(format!("no {name} column family")))?;
@@ -1150,7 +1453,11 @@ fn db_options(create: bool) -> Options {
     opts.create_missing_column_families(create);
     opts.set_compression_type(DBCompressionType::None);
     opts.increase_parallelism(2);
-    opts.set_keep_log_file_num(4);
+    // The info log is for debugging a writer: warnings and errors only (an
+    // import at info level wrote 250 KB, 1% of a small store), the last two
+    // runs' kept.
+    opts.set_log_level(LogLevel::Warn);
+    opts.set_keep_log_file_num(1);
     // Packs and their chunks' refs records are flushed together or not at
     // all (see `flush_chunks`).
     opts.set_atomic_flush(true);
@@ -1183,6 +1490,7 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         ColumnFamilyDescriptor::new(CF_META, plain()),
         ColumnFamilyDescriptor::new(CF_PACKS, packs),
         ColumnFamilyDescriptor::new(CF_REFS, refs),
+        ColumnFamilyDescriptor::new(CF_NUMBERS, plain()),
         ColumnFamilyDescriptor::new(CF_MANIFESTS, plain()),
     ]
 }
@@ -1245,6 +1553,48 @@ mod tests {
         assert!(matches!(Store::open(&path), Err(Error::UnfinishedStore(_))));
         let store = Store::open_or_create(&path, None).unwrap();
         assert_eq!(store.config(), &StoreConfig::default());
+    }
+
+    #[test]
+    fn a_store_of_format_2_is_refused_with_what_to_do_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        // Format 2's column families and config, as that build made them.
+        {
+            let db = DB::open_cf_descriptors(
+                &db_options(true),
+                &path,
+                ["meta", "packs", "refs", "manifests"]
+                    .map(|name| ColumnFamilyDescriptor::new(name, Options::default())),
+            )
+            .unwrap();
+            let config = br#"{"format":2,"chunking":{"kind":"fixed","size":4096},"zstd_level":3,"fastcdc_version":"3.2.1"}"#;
+            db.put_cf(db.cf_handle("meta").unwrap(), CONFIG_KEY, config)
+                .unwrap();
+        }
+        let files = |p: &Path| {
+            let mut names: Vec<_> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| !n.to_string_lossy().starts_with("LOG"))
+                .collect();
+            names.sort();
+            names
+        };
+        let before = files(&path);
+        for opened in [
+            Store::open(&path).err().unwrap(),
+            Store::open_read_only(&path).err().unwrap(),
+            Store::open_or_create(&path, None).err().unwrap(),
+        ] {
+            let why = opened.to_string();
+            assert!(why.contains("store format 2 is not supported"), "{why}");
+            assert!(why.contains("export") && why.contains("new store"), "{why}");
+        }
+        // Nothing was added to it (no `numbers` column family).
+        assert_eq!(files(&path), before);
+        let cfs = DB::list_cf(&Options::default(), &path).unwrap();
+        assert!(!cfs.iter().any(|cf| cf == CF_NUMBERS), "{cfs:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
 use crate::pack::decode_pack;
-use crate::store::{hex, ChunkInfo, Gap, Readable, Store, CF_REFS};
+use crate::store::{hex, number_key, ChunkInfo, Gap, Readable, Store, CF_NUMBERS, CF_REFS};
 use crate::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -307,6 +307,26 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         packs.check(&window, &mut report);
         from += PACKS_PER_WINDOW;
     }
+
+    // Every chunk's number names it back: manifests resolve through it.
+    let (numbers, numbers_gap) = store.numbers()?;
+    if let Some(gap) = numbers_gap {
+        report.problems.push(unreadable(gap, hex));
+    }
+    let mut misnumbered: Vec<(&ChunkId, u32)> = infos
+        .iter()
+        .filter(|(id, info)| numbers.get(id) != Some(&info.number))
+        .map(|(id, info)| (id, info.number))
+        .collect();
+    misnumbered.sort_unstable_by_key(|(_, n)| *n);
+    for (id, number) in misnumbered {
+        report.problems.push(Problem::BadRecord {
+            column_family: CF_NUMBERS.into(),
+            key: hex(&number_key(number)),
+            why: format!("chunk {id} has number {number}, and no numbers record says so"),
+        });
+    }
+    drop(numbers);
 
     let mut pointed_at = HashSet::new();
     let mut damaged: BTreeMap<u64, Vec<DamagedChunk>> = BTreeMap::new();

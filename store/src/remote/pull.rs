@@ -212,7 +212,7 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
         // Synced through the WAL, unlike import's chunks: a killed pull
         // keeps every window it finished, so running it again resumes.
         let mut counts = ImportReport::default();
-        let built = store.build_packs(&good);
+        let built = store.build_packs(&good, &HashMap::new())?;
         store.write(new_packs_batch(store, &built, &mut known, &mut counts)?)?;
         report.downloaded_chunks += counts.new_chunks;
         done += checked

@@ -764,9 +764,7 @@ impl Store {
     /// A chunk's raw bytes, checked against its id.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
         let (info, pack) = self.pack_of(id)?;
-        pack.checked(id, info.offset)
-            .map(<[u8]>::to_vec)
-            .map_err(|why| Error::CorruptChunk { id: *id, why })
+        Ok(pack.checked(id, info.offset).map(<[u8]>::to_vec)?)
     }
 
     /// Chunk `id`'s refs record and its decoded pack (not yet checked:

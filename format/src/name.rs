@@ -2,7 +2,7 @@
 //! come from `.yolo` files and command lines, so they are checked before use
 //! as a path or a key.
 
-use crate::{Error, Result};
+use crate::{FormatError, Result};
 
 pub const MAX_NAME_LEN: usize = 4096;
 
@@ -23,7 +23,7 @@ fn is_bidi_control(c: char) -> bool {
 /// status file.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |why| {
-        Err(Error::Name {
+        Err(FormatError::Name {
             name: name.to_string(),
             why,
         })

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use yolo_store_fuzz::trace::{blocks_in_access_order, parse_trace};
+use yolo_store_format::trace::{blocks_in_access_order, parse_trace};
 
 fuzz_target!(|data: &[u8]| {
     let (sizes, text) = data.split_at(data.len().min(8));

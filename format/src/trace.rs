@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::ops::Range;
 
-use crate::format::block_count;
-use crate::{Error, Result};
+use crate::yolo::block_count;
+use crate::{FormatError, Result, TraceLineFault};
 
 /// One read: `length` bytes at `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,30 +21,34 @@ pub fn parse_trace(input: impl BufRead) -> Result<Vec<Read>> {
     let mut reads = Vec::new();
     for (index, line) in input.lines().enumerate() {
         let line_no = index + 1;
-        let line = line.map_err(|e| Error::Trace {
+        let line = line.map_err(|e| FormatError::Trace {
             line: line_no,
-            msg: e.to_string(),
+            fault: TraceLineFault::Read(e),
         })?;
-        if let Some(read) = parse_line(&line).map_err(|msg| Error::Trace { line: line_no, msg })? {
+        let parsed = parse_line(&line).map_err(|fault| FormatError::Trace {
+            line: line_no,
+            fault,
+        })?;
+        if let Some(read) = parsed {
             reads.push(read);
         }
     }
     Ok(reads)
 }
 
-fn parse_line(line: &str) -> std::result::Result<Option<Read>, String> {
+fn parse_line(line: &str) -> std::result::Result<Option<Read>, TraceLineFault> {
     let content = line.split('#').next().unwrap_or("").trim();
     if content.is_empty() {
         return Ok(None);
     }
     let mut fields = content.split_whitespace();
     let (Some(offset), Some(length), None) = (fields.next(), fields.next(), fields.next()) else {
-        return Err(format!("expected `OFFSET LENGTH`, got {content:?}"));
+        return Err(TraceLineFault::Syntax(content.to_string()));
     };
-    let offset = parse_number(offset).ok_or_else(|| format!("bad offset {offset:?}"))?;
-    let length = parse_number(length).ok_or_else(|| format!("bad length {length:?}"))?;
+    let offset = parse_number(offset).ok_or_else(|| TraceLineFault::Offset(offset.to_string()))?;
+    let length = parse_number(length).ok_or_else(|| TraceLineFault::Length(length.to_string()))?;
     if offset.checked_add(length).is_none() {
-        return Err("offset + length overflows".into());
+        return Err(TraceLineFault::Overflow);
     }
     Ok(Some(Read { offset, length }))
 }
@@ -87,11 +91,11 @@ pub fn blocks_in_access_order(reads: &[Read], file_size: u64, block_size: u32) -
     let mut order = Vec::new();
     for (i, read) in reads.iter().enumerate() {
         if read.offset > file_size {
-            return Err(Error::Invalid(format!(
-                "read {} of the trace starts at {} past the end of the {file_size}-byte file",
-                i + 1,
-                read.offset
-            )));
+            return Err(FormatError::ReadPastEnd {
+                read: i + 1,
+                offset: read.offset,
+                file_size,
+            });
         }
         if read.length == 0 {
             continue;
@@ -103,11 +107,7 @@ pub fn blocks_in_access_order(reads: &[Read], file_size: u64, block_size: u32) -
         }
         for new in seen.insert(first..end) {
             if order.len() as u64 + (new.end - new.start) > MAX_TRACE_BLOCKS {
-                return Err(Error::Invalid(format!(
-                    "the trace touches more than {MAX_TRACE_BLOCKS} blocks (read {}); a boot \
-                     image holds the blocks a boot reads, not a whole disk",
-                    i + 1
-                )));
+                return Err(FormatError::TraceTooLarge { read: i + 1 });
             }
             order.extend(new);
         }
@@ -256,7 +256,7 @@ mod tests {
             ("0 1\n0 -1\n", 2),
         ] {
             match parse_trace(text.as_bytes()) {
-                Err(Error::Trace { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
+                Err(FormatError::Trace { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
                 other => panic!("{text:?}: {other:?}"),
             }
         }

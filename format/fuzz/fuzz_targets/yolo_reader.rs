@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use yolo_store_fuzz::format::{BootImage, END_MAGIC};
+use yolo_store_format::yolo::{BootImage, END_MAGIC};
 
 fuzz_target!(|data: &[u8]| {
     check(data);

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::id::FileIdentity;
 use crate::name::{validate_name, MAX_NAME_LEN};
-use crate::{Error, Result};
+use crate::{BootImageFault as Fault, FormatError, Result, WriterMisuse};
 
 pub const MAGIC: &[u8; 8] = b"YOLOBOOT";
 pub const END_MAGIC: &[u8; 8] = b"YOLOEND\0";
@@ -61,16 +61,19 @@ impl FileHeader {
         let mut seen = HashSet::with_capacity(self.blocks.len());
         for &id in &self.blocks {
             if id >= n {
-                return Err(Error::format(format!(
-                    "{}: block {id} is past the end of a {}-byte file",
-                    self.name, self.file_size
-                )));
+                return Err(Fault::BlockPastEnd {
+                    name: self.name.clone(),
+                    id,
+                    file_size: self.file_size,
+                }
+                .into());
             }
             if !seen.insert(id) {
-                return Err(Error::format(format!(
-                    "{}: block {id} appears twice",
-                    self.name
-                )));
+                return Err(Fault::BlockTwice {
+                    name: self.name.clone(),
+                    id,
+                }
+                .into());
             }
         }
         Ok(())
@@ -88,9 +91,7 @@ pub fn block_len(file_size: u64, block_size: u32, id: u64) -> usize {
 
 pub fn validate_block_size(block_size: u32) -> Result<()> {
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
-        return Err(Error::format(format!(
-            "block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
-        )));
+        return Err(Fault::BlockSize(block_size).into());
     }
     Ok(())
 }
@@ -112,11 +113,14 @@ pub struct BootImage {
 
 impl BootImage {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+        let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         Self::read(BufReader::with_capacity(1 << 20, file), len).map_err(|e| match e {
-            Error::Io { source, .. } => Error::io(path, source),
-            Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
+            FormatError::Io { source, .. } => FormatError::io(path, source),
+            FormatError::BootImage(fault) => FormatError::BootImageFile {
+                path: path.to_path_buf(),
+                fault,
+            },
             other => other,
         })
     }
@@ -129,43 +133,34 @@ impl BootImage {
             remaining: len,
         };
         if len < HEADER_LEN + TRAILER_LEN {
-            return Err(Error::format(format!(
-                "{len} bytes is too short for a boot image"
-            )));
+            return Err(Fault::TooShort(len).into());
         }
         let magic: [u8; 8] = r.array()?;
         if &magic != MAGIC {
-            return Err(Error::format("not a .yolo boot image (bad magic)"));
+            return Err(Fault::BadMagic.into());
         }
         let version = r.u16()?;
         if version != VERSION {
-            return Err(Error::format(format!(
-                "format version {version} is not supported (this build reads version {VERSION})"
-            )));
+            return Err(Fault::Version(version).into());
         }
         if r.u16()? != 0 {
-            return Err(Error::format("unknown flags set"));
+            return Err(Fault::Flags.into());
         }
         let block_size = r.u32()?;
         validate_block_size(block_size)?;
         let file_count = r.u32()?;
         if file_count == 0 || file_count > MAX_FILES {
-            return Err(Error::format(format!(
-                "file count {file_count} is outside 1..={MAX_FILES}"
-            )));
+            return Err(Fault::FileCount(file_count).into());
         }
         if r.u32()? != 0 {
-            return Err(Error::format("reserved header field is not zero"));
+            return Err(Fault::Reserved.into());
         }
         let mut files = Vec::new();
         let mut names = HashSet::new();
         for _ in 0..file_count {
             let header = read_file_header(&mut r, block_size)?;
             if !names.insert(header.name.clone()) {
-                return Err(Error::format(format!(
-                    "file {:?} appears twice",
-                    header.name
-                )));
+                return Err(Fault::FileTwice(header.name).into());
             }
             let data_len = header.data_len(block_size);
             let data = r.bytes(data_len, "block data")?;
@@ -174,18 +169,15 @@ impl BootImage {
         let expected = *r.hasher.finalize().as_bytes();
         let end: [u8; 8] = r.array()?;
         if &end != END_MAGIC {
-            return Err(Error::format("bad trailer magic"));
+            return Err(Fault::BadTrailer.into());
         }
         let mut checksum = [0u8; 32];
         r.read_exact(&mut checksum, "checksum")?;
         if checksum != expected {
-            return Err(Error::format("checksum mismatch: the file is corrupt"));
+            return Err(Fault::Checksum.into());
         }
         if r.remaining != 0 {
-            return Err(Error::format(format!(
-                "{} unexpected bytes after the trailer",
-                r.remaining
-            )));
+            return Err(Fault::TrailingBytes(r.remaining).into());
         }
         Ok(BootImage { block_size, files })
     }
@@ -208,30 +200,33 @@ impl BootImage {
 fn read_file_header<R: Read>(r: &mut CheckedReader<R>, block_size: u32) -> Result<FileHeader> {
     let name_len = usize::from(r.u16()?);
     if name_len == 0 || name_len > MAX_NAME_LEN {
-        return Err(Error::format(format!("name length {name_len} is invalid")));
+        return Err(Fault::NameLength(name_len).into());
     }
     let raw = r.bytes(name_len as u64, "file name")?;
-    let name = String::from_utf8(raw).map_err(|_| Error::format("file name is not UTF-8"))?;
-    validate_name(&name).map_err(|e| Error::format(e.to_string()))?;
+    let name = String::from_utf8(raw).map_err(|_| Fault::NameNotUtf8)?;
+    validate_name(&name).map_err(|e| match e {
+        FormatError::Name { name, why } => FormatError::BootImage(Fault::Name { name, why }),
+        other => other,
+    })?;
     let file_size = r.u64()?;
     let kind = r.u8()?;
     if kind != IDENTITY_BLAKE3_FULL {
-        return Err(Error::format(format!(
-            "{name}: unknown identity kind {kind}"
-        )));
+        return Err(Fault::IdentityKind { name, kind }.into());
     }
     let identity = FileIdentity(r.array()?);
     let count = r.u64()?;
     let max = block_count(file_size, block_size);
     if count > max {
-        return Err(Error::format(format!(
-            "{name}: {count} blocks declared but a {file_size}-byte file has only {max}"
-        )));
+        return Err(Fault::TooManyBlocks {
+            name,
+            count,
+            file_size,
+            max,
+        }
+        .into());
     }
     if count.saturating_mul(8) > r.remaining {
-        return Err(Error::format(format!(
-            "{name}: {count} block ids declared but the file is truncated"
-        )));
+        return Err(Fault::BlockIdsTruncated { name, count }.into());
     }
     let mut blocks = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -267,6 +262,15 @@ fn advise_huge_pages(buf: &mut Vec<u8>) {
     }
 }
 
+/// A short read is the input's fault (truncated); any other is I/O's.
+fn read_error(e: io::Error, what: &'static str) -> FormatError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Fault::Truncated(what).into()
+    } else {
+        FormatError::io("<boot image>", e)
+    }
+}
+
 /// Reads while hashing and counting down the bytes that are left, so every
 /// declared length can be checked before it is allocated.
 struct CheckedReader<R> {
@@ -276,17 +280,13 @@ struct CheckedReader<R> {
 }
 
 impl<R: Read> CheckedReader<R> {
-    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+    fn read_exact(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
         if buf.len() as u64 > self.remaining {
-            return Err(Error::format(format!("truncated in {what}")));
+            return Err(Fault::Truncated(what).into());
         }
-        self.inner.read_exact(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                Error::format(format!("truncated in {what}"))
-            } else {
-                Error::io("<boot image>", e)
-            }
-        })?;
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| read_error(e, what))?;
         self.remaining -= buf.len() as u64;
         Ok(())
     }
@@ -298,9 +298,9 @@ impl<R: Read> CheckedReader<R> {
         Ok(buf)
     }
 
-    fn bytes(&mut self, len: u64, what: &str) -> Result<Vec<u8>> {
+    fn bytes(&mut self, len: u64, what: &'static str) -> Result<Vec<u8>> {
         if len > self.remaining {
-            return Err(Error::format(format!("truncated in {what}")));
+            return Err(Fault::Truncated(what).into());
         }
         // `vec!` of zeroes gets fresh pages from the kernel, already zero:
         // no pass over hundreds of MiB before they are read into.
@@ -330,13 +330,7 @@ impl<R: Read> CheckedReader<R> {
                 Err(_) => Err(io::Error::other("the checksum thread panicked")),
             }
         })
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                Error::format(format!("truncated in {what}"))
-            } else {
-                Error::io("<boot image>", e)
-            }
-        })?;
+        .map_err(|e| read_error(e, what))?;
         self.remaining -= len;
         Ok(buf)
     }
@@ -368,9 +362,7 @@ impl<W: Write> BootImageWriter<W> {
     pub fn new(w: W, block_size: u32, file_count: u32) -> Result<Self> {
         validate_block_size(block_size)?;
         if file_count == 0 || file_count > MAX_FILES {
-            return Err(Error::Invalid(format!(
-                "a boot image holds 1..={MAX_FILES} files, not {file_count}"
-            )));
+            return Err(FormatError::Writer(WriterMisuse::FileCount(file_count)));
         }
         let mut out = HashingWriter {
             inner: w,
@@ -392,9 +384,7 @@ impl<W: Write> BootImageWriter<W> {
 
     pub fn begin_file(&mut self, header: &FileHeader) -> Result<()> {
         if self.data_left != 0 || self.files_left == 0 {
-            return Err(Error::Invalid(
-                "boot image writer: file data incomplete or too many files".into(),
-            ));
+            return Err(FormatError::Writer(WriterMisuse::FileOrder));
         }
         header.validate(self.block_size)?;
         self.files_left -= 1;
@@ -415,9 +405,7 @@ impl<W: Write> BootImageWriter<W> {
     /// Appends block data of the current file (any split of it).
     pub fn write_data(&mut self, data: &[u8]) -> Result<()> {
         if data.len() as u64 > self.data_left {
-            return Err(Error::Invalid(
-                "boot image writer: more block data than the header declares".into(),
-            ));
+            return Err(FormatError::Writer(WriterMisuse::TooMuchData));
         }
         self.data_left -= data.len() as u64;
         self.out.put(data)
@@ -425,9 +413,7 @@ impl<W: Write> BootImageWriter<W> {
 
     pub fn finish(mut self) -> Result<W> {
         if self.data_left != 0 || self.files_left != 0 {
-            return Err(Error::Invalid(
-                "boot image writer: finished before all declared data was written".into(),
-            ));
+            return Err(FormatError::Writer(WriterMisuse::Unfinished));
         }
         let checksum = *self.out.hasher.finalize().as_bytes();
         self.out.put(END_MAGIC)?;
@@ -435,7 +421,7 @@ impl<W: Write> BootImageWriter<W> {
         self.out
             .inner
             .flush()
-            .map_err(|e| Error::io("<output>", e))?;
+            .map_err(|e| FormatError::io("<output>", e))?;
         Ok(self.out.inner)
     }
 }
@@ -450,7 +436,7 @@ impl<W: Write> HashingWriter<W> {
         self.hasher.update(bytes);
         self.inner
             .write_all(bytes)
-            .map_err(|e| Error::io("<output>", e))
+            .map_err(|e| FormatError::io("<output>", e))
     }
 }
 

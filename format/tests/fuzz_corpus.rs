@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use yolo_store_core::{blocks_in_access_order, parse_trace, BootImage};
+use yolo_store_format::trace::{blocks_in_access_order, parse_trace};
+use yolo_store_format::yolo::BootImage;
 
 fn inputs(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

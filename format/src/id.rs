@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::FormatError;
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
 
@@ -22,6 +24,13 @@ impl ChunkId {
 
     pub fn to_hex(&self) -> String {
         hex(&self.0)
+    }
+}
+
+/// A chunk id in reports (gc plans, verify's problems) is its hex name.
+impl serde::Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
     }
 }
 
@@ -49,8 +58,8 @@ impl fmt::Display for ManifestHash {
 }
 
 impl FromStr for ManifestHash {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
         parse_hex32(s).map(ManifestHash)
     }
 }
@@ -68,8 +77,8 @@ impl fmt::Debug for ChunkId {
 }
 
 impl FromStr for ChunkId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
         parse_hex32(s).map(ChunkId)
     }
 }
@@ -86,7 +95,7 @@ impl FileIdentity {
     /// would raise SIGBUS and kill the process.
     pub fn of_file(path: &std::path::Path) -> crate::Result<Self> {
         use std::os::unix::fs::FileExt;
-        let io = |e| crate::Error::io(path, e);
+        let io = |e| crate::FormatError::io(path, e);
         let file = std::fs::File::open(path).map_err(io)?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 16 << 20];
@@ -129,14 +138,14 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
+fn parse_hex32(s: &str) -> Result<[u8; 32], FormatError> {
+    let bad = || FormatError::Hex(s.to_string());
     if s.len() != 64 || !s.is_ascii() {
-        return Err(format!("{s:?} is not 64 hex digits"));
+        return Err(bad());
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
-            .map_err(|_| format!("{s:?} is not 64 hex digits"))?;
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(out)
 }

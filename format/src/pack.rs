@@ -16,6 +16,7 @@
 
 use crate::codec::{compress, decompress};
 use crate::id::ChunkId;
+use crate::{ChunkFault, FormatError, PackFault, Result};
 
 /// Raw bytes a pack is filled to (the last chunk may take it past).
 pub const PACK_BYTES: usize = 256 << 10;
@@ -37,20 +38,27 @@ impl Pack {
     /// The bytes of chunk `id`, which its refs record places at raw
     /// `offset`, checked against the id: corrupt data is an error, never
     /// data.
-    pub fn checked(&self, id: &ChunkId, offset: u32) -> Result<&[u8], String> {
-        let raw = self
-            .at(offset)
-            .ok_or_else(|| format!("its pack has no chunk at offset {offset}"))?;
-        if ChunkId::of(raw) != *id {
-            return Err("content does not match its BLAKE3 id".into());
+    pub fn checked(&self, id: &ChunkId, offset: u32) -> Result<&[u8]> {
+        let corrupt = |why| FormatError::CorruptChunk { id: *id, why };
+        let mut here = self.starting_at(offset).peekable();
+        if here.peek().is_none() {
+            return Err(corrupt(ChunkFault::NotInPack(offset)));
         }
-        Ok(raw)
+        // Empty chunks share their offset with the next one: the chunk is
+        // whichever of them has the id.
+        here.find(|raw| ChunkId::of(raw) == *id)
+            .ok_or_else(|| corrupt(ChunkFault::NotItsId))
     }
 
-    /// The chunk that starts at raw `offset`, unchecked.
-    fn at(&self, offset: u32) -> Option<&[u8]> {
-        let i = self.bounds.binary_search(&(offset as usize)).ok()?;
-        Some(&self.data[self.bounds[i]..*self.bounds.get(i + 1)?])
+    /// The chunks that start at raw `offset` (more than one if all but the
+    /// last are empty), unchecked.
+    fn starting_at(&self, offset: u32) -> impl Iterator<Item = &[u8]> {
+        let offset = offset as usize;
+        let first = self.bounds.partition_point(|&b| b < offset);
+        self.bounds[first..]
+            .windows(2)
+            .take_while(move |w| w[0] == offset)
+            .map(|w| &self.data[w[0]..w[1]])
     }
 
     /// Every chunk with its id (the BLAKE3 of its bytes, hashed on every
@@ -99,9 +107,9 @@ pub fn encode_pack(chunks: &[&[u8]], zstd_level: i32) -> (Vec<u8>, Vec<u32>) {
 /// Decodes a stored pack. Every count and length is checked against the
 /// bytes present before it is used; chunk contents are checked by the
 /// caller against the ids it expects ([`Pack::checked`]).
-pub fn decode_pack(stored: &[u8], max_chunk: u32) -> Result<Pack, String> {
+pub fn decode_pack(stored: &[u8], max_chunk: u32) -> Result<Pack> {
     if stored.len() < HEADER {
-        return Err(format!("{}-byte pack is too short", stored.len()));
+        return Err(PackFault::TooShort(stored.len()).into());
     }
     let u32_at = |at: usize| {
         u32::from_le_bytes([stored[at], stored[at + 1], stored[at + 2], stored[at + 3]])
@@ -110,15 +118,18 @@ pub fn decode_pack(stored: &[u8], max_chunk: u32) -> Result<Pack, String> {
     // `runs` closes a pack at the first chunk that reaches PACK_BYTES.
     let max_raw = PACK_BYTES + max_chunk as usize;
     if raw_len > max_raw {
-        return Err(format!(
-            "pack claims {raw_len} bytes, more than a pack holds ({max_raw})"
-        ));
+        return Err(PackFault::TooLarge {
+            raw_len,
+            max: max_raw,
+        }
+        .into());
     }
     if count > (stored.len() - HEADER) / ENTRY {
-        return Err(format!(
-            "pack claims {count} chunks in {} bytes",
-            stored.len()
-        ));
+        return Err(PackFault::TooManyChunks {
+            count,
+            len: stored.len(),
+        }
+        .into());
     }
     let mut bounds = Vec::with_capacity(count + 1);
     let mut at = 0usize;
@@ -126,30 +137,37 @@ pub fn decode_pack(stored: &[u8], max_chunk: u32) -> Result<Pack, String> {
     for i in 0..count {
         let len = u32_at(HEADER + i * ENTRY);
         if len > max_chunk {
-            return Err(format!("pack chunk of {len} bytes, more than {max_chunk}"));
+            return Err(PackFault::ChunkTooLong {
+                len,
+                max: max_chunk,
+            }
+            .into());
         }
         at = at
             .checked_add(len as usize)
             .filter(|&end| end <= raw_len)
-            .ok_or("pack chunk lengths add up to more than its length")?;
+            .ok_or(PackFault::LengthsOverflow)?;
         bounds.push(at);
     }
     if at != raw_len {
-        return Err(format!(
-            "pack chunk lengths add up to {at} bytes, header says {raw_len}"
-        ));
+        return Err(PackFault::LengthsDisagree {
+            sum: at,
+            header: raw_len,
+        }
+        .into());
     }
     let payload = &stored[HEADER + count * ENTRY..];
     let data = match codec {
         RAW => payload.to_vec(),
-        ZSTD => decompress(payload, raw_len).map_err(|e| format!("zstd: {e}"))?,
-        other => return Err(format!("unknown pack codec {other}")),
+        ZSTD => decompress(payload, raw_len).map_err(PackFault::Zstd)?,
+        other => return Err(PackFault::UnknownCodec(other).into()),
     };
     if data.len() != raw_len {
-        return Err(format!(
-            "pack holds {} bytes, header says {raw_len}",
-            data.len()
-        ));
+        return Err(PackFault::Holds {
+            got: data.len(),
+            header: raw_len,
+        }
+        .into());
     }
     Ok(Pack { bounds, data })
 }
@@ -198,10 +216,9 @@ mod tests {
         let found = pack.identified();
         for (i, raw) in input.iter().enumerate() {
             assert_eq!((found[i].0, found[i].1), (ChunkId::of(raw), offsets[i]));
-            // The empty chunk shares its offset with the next one.
-            if !raw.is_empty() {
-                assert_eq!(pack.checked(&ChunkId::of(raw), offsets[i]).unwrap(), *raw);
-            }
+            // The empty chunk shares its offset with the next one; each is
+            // found under its own id.
+            assert_eq!(pack.checked(&ChunkId::of(raw), offsets[i]).unwrap(), *raw);
         }
         assert!(pack
             .checked(&ChunkId::of(raws[0].as_slice()), offsets[1])

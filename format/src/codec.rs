@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 
 use crate::id::ChunkId;
-use crate::{Error, Result};
+use crate::{ChunkFault, FormatError, Result};
 
 thread_local! {
     // A zstd context per thread, reused: making one per 4 KiB chunk costs
@@ -64,30 +64,31 @@ pub fn encode_chunk(raw: &[u8], zstd_level: i32) -> Vec<u8> {
 /// Decodes a stored chunk and checks it against its id: a chunk whose bytes
 /// no longer hash to its name is an error, never data.
 pub fn decode_chunk(id: &ChunkId, stored: &[u8], max_len: u32) -> Result<Vec<u8>> {
-    let corrupt = |why: String| Error::CorruptChunk { id: *id, why };
+    let corrupt = |why| FormatError::CorruptChunk { id: *id, why };
     if stored.len() < HEADER {
-        return Err(corrupt(format!("{}-byte value is too short", stored.len())));
+        return Err(corrupt(ChunkFault::TooShort(stored.len())));
     }
     let raw_len = u32::from_le_bytes([stored[1], stored[2], stored[3], stored[4]]) as usize;
     if raw_len > max_len as usize {
-        return Err(corrupt(format!(
-            "header gives {raw_len} bytes, more than the {max_len} a chunk may hold"
-        )));
+        return Err(corrupt(ChunkFault::TooLong {
+            len: raw_len,
+            max: max_len,
+        }));
     }
     let payload = &stored[HEADER..];
     let raw = match stored[0] {
         RAW => payload.to_vec(),
-        ZSTD => decompress(payload, raw_len).map_err(|e| corrupt(format!("zstd: {e}")))?,
-        other => return Err(corrupt(format!("unknown codec {other}"))),
+        ZSTD => decompress(payload, raw_len).map_err(|e| corrupt(ChunkFault::Zstd(e)))?,
+        other => return Err(corrupt(ChunkFault::UnknownCodec(other))),
     };
     if raw.len() != raw_len {
-        return Err(corrupt(format!(
-            "{} bytes, header says {raw_len}",
-            raw.len()
-        )));
+        return Err(corrupt(ChunkFault::Length {
+            got: raw.len(),
+            header: raw_len,
+        }));
     }
     if ChunkId::of(&raw) != *id {
-        return Err(corrupt("content does not match its BLAKE3 id".into()));
+        return Err(corrupt(ChunkFault::NotItsId));
     }
     Ok(raw)
 }

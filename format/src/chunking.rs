@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{ChunkingFault, FormatError, Result};
 
 /// The fastcdc crate version this build cuts with (pinned in Cargo.toml).
 pub const FASTCDC_VERSION: &str = "3.2.1";
@@ -43,10 +43,12 @@ impl Chunking {
     pub fn validate(&self) -> Result<()> {
         use fastcdc::v2020 as cdc;
         match *self {
-            Chunking::Fixed { size } if size.is_power_of_two() && (512..=1 << 20).contains(&size) => Ok(()),
-            Chunking::Fixed { size } => Err(Error::Invalid(format!(
-                "fixed chunk size {size} is not a power of two between 512 and 1 MiB"
-            ))),
+            Chunking::Fixed { size }
+                if size.is_power_of_two() && (512..=1 << 20).contains(&size) =>
+            {
+                Ok(())
+            }
+            Chunking::Fixed { size } => Err(FormatError::Chunking(ChunkingFault::FixedSize(size))),
             Chunking::Fastcdc { min, avg, max }
                 if (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&min)
                     && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&avg)
@@ -56,15 +58,9 @@ impl Chunking {
             {
                 Ok(())
             }
-            Chunking::Fastcdc { .. } => Err(Error::Invalid(format!(
-                "FastCDC sizes {self} are out of range (min {}..{}, avg {}..{}, max {}..{}, min <= avg <= max)",
-                cdc::MINIMUM_MIN,
-                cdc::MINIMUM_MAX,
-                cdc::AVERAGE_MIN,
-                cdc::AVERAGE_MAX,
-                cdc::MAXIMUM_MIN,
-                cdc::MAXIMUM_MAX
-            ))),
+            Chunking::Fastcdc { .. } => {
+                Err(FormatError::Chunking(ChunkingFault::FastcdcRange(*self)))
+            }
         }
     }
 
@@ -114,14 +110,10 @@ impl fmt::Display for Chunking {
 }
 
 impl FromStr for Chunking {
-    type Err = Error;
+    type Err = FormatError;
     /// `fixed:SIZE` or `fastcdc:MIN:AVG:MAX` (bytes).
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::Invalid(format!(
-                "chunking {s:?}: expected fixed:SIZE or fastcdc:MIN:AVG:MAX"
-            ))
-        };
+        let bad = || FormatError::Chunking(ChunkingFault::Syntax(s.to_string()));
         let parts: Vec<&str> = s.split(':').collect();
         let num = |p: &str| p.parse::<u32>().map_err(|_| bad());
         let chunking = match parts.as_slice() {

@@ -11,6 +11,8 @@
 pub mod chunking;
 pub mod codec;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod id;
 pub mod name;
 pub mod pack;

@@ -1,6 +1,8 @@
-//! yolo-store's library core: the `.yolo` boot-image format, chunking, the
-//! RocksDB chunk store with a manifest per VMI, gc and verify. It knows
-//! nothing of command lines or FUSE; the `yolo-store` binary adapts it.
+//! yolo-store's library core: the RocksDB chunk store with a manifest per
+//! VMI, import, gc, verify, serving and the remote, over the parsers of
+//! `yolo-store-format` (the `.yolo` format, traces, packs, chunking), whose
+//! types it re-exports. It knows nothing of command lines or FUSE; the
+//! `yolo-store` binary adapts it.
 
 mod cache;
 // The parsers of untrusted bytes live in yolo-store-format (no RocksDB, so

@@ -5,10 +5,6 @@
 //! `yolo-store` binary adapts it.
 
 mod cache;
-// The parsers of untrusted bytes live in yolo-store-format (no RocksDB, so
-// fuzzed by normal dependency); under their old names here, so the core's
-// `crate::format::...` paths stay one layer below the store.
-use yolo_store_format::{chunking, codec, id, name, pack, trace, yolo as format};
 mod capture;
 mod error;
 mod export;
@@ -29,6 +25,11 @@ mod stats;
 mod store;
 mod trust;
 mod verify;
+
+// The parsers of untrusted bytes live in yolo-store-format (no RocksDB, so
+// fuzzed by normal dependency). Used under their old module names, so the
+// core's paths (`crate::format::BootImage`, `crate::id::ChunkId`) stay.
+use yolo_store_format::{chunking, codec, id, name, pack, trace, yolo as format};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -15,9 +15,11 @@ cargo test --release --workspace
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in yolo_reader trace_parser; do
+# Every target format/fuzz lists (six: .yolo, trace, pack, chunk codec,
+# remote index and manifest objects).
+for target in $(cargo fuzz list --fuzz-dir format/fuzz); do
     mkdir -p "$scratch/$target"
     RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" \
-        cargo fuzz run --fuzz-dir store/fuzz -O "$target" "$scratch/$target" \
-        "store/fuzz/corpus/$target" -- -max_total_time=60 -max_len=65536 -rss_limit_mb=2048
+        cargo fuzz run --fuzz-dir format/fuzz -O "$target" "$scratch/$target" \
+        "format/fuzz/corpus/$target" -- -max_total_time=60 -max_len=65536 -rss_limit_mb=2048
 done

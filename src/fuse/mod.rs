@@ -539,7 +539,8 @@ fn errno_of(e: &yolo_store_core::Error) -> Errno {
             .raw_os_error()
             .map(Errno::from_i32)
             .unwrap_or(Errno::EIO),
-        yolo_store_core::Error::Name { .. } | yolo_store_core::Error::Invalid(_) => Errno::EACCES,
+        yolo_store_core::Error::Format(yolo_store_core::FormatError::Name { .. })
+        | yolo_store_core::Error::Invalid(_) => Errno::EACCES,
         _ => Errno::EIO,
     }
 }

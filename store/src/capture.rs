@@ -54,7 +54,7 @@ impl CaptureSource {
 /// The identity of an open file: hashed through its descriptor, so it is
 /// the file that was opened (and checked) that gets hashed.
 pub(crate) fn identity_of(file: &File, path: &Path) -> Result<FileIdentity> {
-    FileIdentity::of_file(&fd_path(file)).map_err(|e| match e {
+    FileIdentity::of_file(&fd_path(file)).map_err(|e| match Error::from(e) {
         Error::Io { source, .. } => Error::io(path, source),
         other => other,
     })

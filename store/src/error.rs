@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use yolo_store_format::FormatError;
+
 use crate::id::ChunkId;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -16,14 +18,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("invalid boot image: {0}")]
-    Format(String),
-
-    #[error("trace line {line}: {msg}")]
-    Trace { line: usize, msg: String },
-
-    #[error("invalid name {name:?}: {why}")]
-    Name { name: String, why: &'static str },
+    /// Untrusted bytes (a `.yolo`, a trace, a name, a pack, a chunk, a
+    /// remote object) that break their format. Never holds an
+    /// [`FormatError::Io`]: that becomes [`Error::Io`].
+    #[error(transparent)]
+    Format(FormatError),
 
     #[error("no boot image named {0:?} in the store")]
     UnknownVmi(String),
@@ -50,8 +49,7 @@ pub enum Error {
     #[error("store at {0} is being changed by another yolo-store process")]
     Busy(PathBuf),
 
-    /// From RocksDB (converted in store.rs, so this file, which the fuzz
-    /// crate compiles too, does not depend on it).
+    /// From RocksDB (converted in store.rs).
     #[error("RocksDB: {0}")]
     Db(String),
 
@@ -69,8 +67,15 @@ impl Error {
             source,
         }
     }
+}
 
-    pub(crate) fn format(msg: impl Into<String>) -> Self {
-        Error::Format(msg.into())
+/// One I/O variant for the whole core: a format's I/O error is an
+/// [`Error::Io`], so callers that map errno or add a path match one place.
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        match e {
+            FormatError::Io { path, source } => Error::Io { path, source },
+            other => Error::Format(other),
+        }
     }
 }

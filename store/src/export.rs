@@ -60,7 +60,7 @@ pub fn export(store: &Store, names: &[String], out: &Path) -> Result<()> {
         let mut writer = BootImageWriter::new(w, block_size, manifests.len() as u32)?;
         for (name, manifest) in &manifests {
             writer.begin_file(&manifest.file_header(name))?;
-            for_each_chunk(store, manifest, |raw| writer.write_data(raw))?;
+            for_each_chunk(store, manifest, |raw| Ok(writer.write_data(raw)?))?;
         }
         writer.finish()?;
         Ok(())

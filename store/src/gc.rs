@@ -35,13 +35,6 @@ pub struct GcPlan {
     pub stored_bytes: u64,
 }
 
-/// A chunk id in reports (gc plans, verify's problems) is its hex name.
-impl Serialize for ChunkId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
 pub fn plan_gc(store: &Store) -> Result<GcPlan> {
     let infos = store.chunk_infos()?;
     refcounts_agree(store, &infos)?;

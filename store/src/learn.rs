@@ -305,6 +305,7 @@ impl Learner {
         let mut imported = Vec::new();
         for file in files {
             match BootImage::open(&file)
+                .map_err(Error::from)
                 .and_then(|image| import(&store, &image, &ImportOptions::default()))
             {
                 Ok(report) => {

@@ -1,25 +1,21 @@
-//! yolo-store's library core: the `.yolo` boot-image format, chunking, the
-//! RocksDB chunk store with a manifest per VMI, gc and verify. It knows
-//! nothing of command lines or FUSE; the `yolo-store` binary adapts it.
+//! yolo-store's library core: the RocksDB chunk store with a manifest per
+//! VMI, import, gc, verify, serving and the remote, over the parsers of
+//! `yolo-store-format` (the `.yolo` format, traces, packs, chunking), whose
+//! types it re-exports. It knows nothing of command lines or FUSE; the
+//! `yolo-store` binary adapts it.
 
 mod cache;
 mod capture;
-mod chunking;
-mod codec;
 mod error;
 mod export;
 mod files;
 mod follower;
-mod format;
 mod gc;
-mod id;
 mod import;
 mod latency;
 mod learn;
 mod manifest;
-mod name;
 mod output;
-mod pack;
 mod record;
 mod refcount;
 mod remote;
@@ -27,9 +23,13 @@ mod repair;
 mod serve;
 mod stats;
 mod store;
-mod trace;
 mod trust;
 mod verify;
+
+// The parsers of untrusted bytes live in yolo-store-format (no RocksDB, so
+// fuzzed by normal dependency). Used under their old module names, so the
+// core's paths (`crate::format::BootImage`, `crate::id::ChunkId`) stay.
+use yolo_store_format::{chunking, codec, id, name, pack, trace, yolo as format};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -64,3 +64,7 @@ pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};
 pub use trust::{blocks_match, FileVersion};
 pub use verify::{verify, DamagedChunk, Place, Problem, VerifyReport};
+pub use yolo_store_format::{
+    BootImageFault, ChunkFault, ChunkingFault, FormatError, ObjectFault, PackFault, TraceLineFault,
+    WriterMisuse,
+};

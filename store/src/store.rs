@@ -954,9 +954,7 @@ impl Store {
                 pack
             }
         };
-        pack.checked(id, info.offset)
-            .map(<[u8]>::to_vec)
-            .map_err(|why| Error::CorruptChunk { id: *id, why })
+        Ok(pack.checked(id, info.offset).map(<[u8]>::to_vec)?)
     }
 
     /// Chunk `id`'s refs record and its pack, decoded but not yet checked

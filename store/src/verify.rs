@@ -450,7 +450,7 @@ impl PackCheck {
         for (pack_id, found) in results {
             match found {
                 Err(why) => {
-                    self.bad.insert(pack_id, why);
+                    self.bad.insert(pack_id, why.to_string());
                 }
                 Ok(chunks) => {
                     self.good.insert(pack_id);

@@ -409,7 +409,10 @@ impl Remote {
         let mut moved = 0u64;
         let mut refused = Vec::new();
         for (key, bytes, fresh) in fetched {
-            let decoded = bytes.and_then(|b| layout::decode_index(&b, max_raw).map(|p| (b, p)));
+            let decoded = bytes.and_then(|b| match layout::decode_index(&b, max_raw) {
+                Ok(packs) => Ok((b, packs)),
+                Err(why) => Err(why.to_string()),
+            });
             let (bytes, packs) = match decoded {
                 Ok(decoded) => decoded,
                 Err(why) if strict => return Err(self.error(format!("{key}: {why}"))),

@@ -390,7 +390,8 @@ fn fetch_manifests(
                         }
                     };
                     let checked = layout::decode_manifest(&version.hash, &bytes, index)
-                        .map(|(m, places)| (m, places, bytes.len() as u64));
+                        .map(|(m, places)| (m, places, bytes.len() as u64))
+                        .map_err(|e| e.to_string());
                     Ok((version, checked))
                 })
                 // In order: VMIs are registered and reported in the order asked.

@@ -1,0 +1,5 @@
+//! `yolo_store_format::fuzzing::chunk_codec` under libFuzzer: what it checks is
+//! written there, once, and the corpus replay test runs the same check.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| yolo_store_format::fuzzing::chunk_codec(data));

@@ -33,8 +33,8 @@ use crate::learn::{LearnOptions, LearnStats, Learner};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
-use crate::remote::Remote;
-use crate::store::lock;
+use crate::remote::{Remote, RemoteTier, RemoteTierStats, Stored};
+use crate::store::{lock, Store};
 use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
 
@@ -158,6 +158,9 @@ pub struct ImageServer {
     /// `--learn`.
     learner: Option<Arc<Learner>>,
     latency_by_vmi: VmiLatencies,
+    /// Boot images on the remote but not in the store, fetched as they are
+    /// read (`mount --remote`; `remote/tier.rs`).
+    remote: Option<Arc<RemoteTier>>,
 }
 
 /// What is known of (file version, boot image) pairs.
@@ -181,6 +184,9 @@ enum Checked {
 /// How many files are checked at once: reading many at a time from one
 /// disk is a seek storm on a hard disk.
 const BACKGROUND_THREADS: usize = 2;
+
+/// How often a `--remote` mount looks for boot images pushed since.
+pub const REMOTE_REFRESH: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Counters {
@@ -237,6 +243,9 @@ pub struct ServeStats {
     /// With `--learn`: what became of the recorded boots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning: Option<LearnStats>,
+    /// With `--remote`: the lazy remote tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteTierStats>,
     /// Microseconds spent in all reads.
     pub latency_us_sum: u64,
     /// The same per VMI, for a bounded set of VMIs; every other file's
@@ -271,7 +280,96 @@ impl ImageServer {
             counters: Counters::default(),
             learner: None,
             latency_by_vmi: VmiLatencies::default(),
+            remote: None,
         })
+    }
+
+    /// Serves the boot images `tier`'s remote holds and the store does not
+    /// (`mount --remote`); [`Self::start_remote`] starts reading it.
+    pub fn set_remote(&mut self, tier: RemoteTier) {
+        self.remote = Some(Arc::new(tier));
+    }
+
+    /// Reads the remote's boot images now and every [`REMOTE_REFRESH`],
+    /// on a thread of its own, and checks each new one against its file
+    /// (the rule local boot images follow); with `preload`, loads each
+    /// once checked. A remote that does not answer is tried again every
+    /// [`crate::remote::DOWN_FOR`].
+    pub fn start_remote(self: &Arc<Self>, preload: bool) -> Result<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("yolo-remote".into())
+            .spawn(move || loop {
+                let Some(server) = weak.upgrade() else { return };
+                let loaded = server.remote_round(preload);
+                drop(server);
+                std::thread::sleep(if loaded {
+                    REMOTE_REFRESH
+                } else {
+                    crate::remote::DOWN_FOR
+                });
+            })
+            .map_err(|e| Error::Invalid(format!("remote thread: {e}")))?;
+        Ok(())
+    }
+
+    /// One reading of the remote; false if it failed.
+    fn remote_round(self: &Arc<Self>, preload: bool) -> bool {
+        let Some(tier) = &self.remote else {
+            return false;
+        };
+        let store = self
+            .store
+            .catch_up()
+            .unwrap_or_else(|_| self.store.current());
+        let local: HashSet<String> = match store.names() {
+            Ok(names) => names.into_iter().collect(),
+            Err(e) => {
+                self.warn_once(tier.url(), "reading the store's names: ", e);
+                return false;
+            }
+        };
+        let images = &self.images;
+        let serve = |name: &str| {
+            !local.contains(name) && metadata_in(images, name).is_ok_and(|m| m.is_file())
+        };
+        match tier.load(&store, serve) {
+            Ok(new) => {
+                for name in new {
+                    match self.verify_boot_image(&name) {
+                        Ok(true) if preload => match self.open(&name) {
+                            Ok(image) => self.preload_once(&image),
+                            Err(e) => eprintln!("yolo-store: {name}: {e}"),
+                        },
+                        Ok(_) => {}
+                        Err(e) => eprintln!("yolo-store: {name}: {e}"),
+                    }
+                }
+                tier.round_done();
+                true
+            }
+            Err(e) => {
+                self.warn_once(
+                    tier.url(),
+                    "the remote could not be read (boot images it holds are served from their files until it can): ",
+                    e,
+                );
+                false
+            }
+        }
+    }
+
+    /// The boot image of `name`: the store's, else the remote's (whose
+    /// chunks come from the remote tier).
+    fn manifest_of(&self, store: &Store, name: &str) -> Result<Manifest> {
+        match store.manifest(name) {
+            Err(Error::UnknownVmi(n)) => self
+                .remote
+                .as_ref()
+                .and_then(|tier| tier.manifest(name))
+                .ok_or(Error::UnknownVmi(n)),
+            other => other,
+        }
     }
 
     /// Learns a boot image from the first boot of every file version that
@@ -338,7 +436,7 @@ impl ImageServer {
         // Learned when there is no boot image, or one known not to match;
         // not while a match is being checked.
         let mut learnable = false;
-        let manifest = store.manifest(name);
+        let manifest = self.manifest_of(&store, name);
         let latency = self.latency_by_vmi.for_file(name, manifest.is_ok());
         let index = match manifest {
             Ok(manifest) => match self.checked(name, version, &manifest) {
@@ -511,7 +609,7 @@ impl ImageServer {
     /// [`Self::verify_boot_image`] without keeping the result on disk:
     /// whether the boot image serves, and whether the file was read for it.
     fn check_now(&self, name: &str) -> Result<(bool, bool)> {
-        let manifest = match self.store.current().manifest(name) {
+        let manifest = match self.manifest_of(&self.store.current(), name) {
             Ok(manifest) => manifest,
             Err(Error::UnknownVmi(_)) => return Ok((false, false)),
             Err(e) => return Err(e),
@@ -675,6 +773,13 @@ impl ImageServer {
             let id = index.manifest().chunks[i].id;
             let data = match self.chunk(&id) {
                 Ok(data) => data,
+                Err(Error::Remote { .. }) => {
+                    // Down or slow: the file has the same bytes (checked).
+                    if let Some(tier) = &self.remote {
+                        tier.fell_back(dst.len() as u64);
+                    }
+                    return false;
+                }
                 Err(e) => {
                     self.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
                     self.warn_once(
@@ -700,13 +805,31 @@ impl ImageServer {
         if let Some(data) = self.cache.get(id) {
             return Ok(data);
         }
-        let (offset, pack) = self.load_pack_of(id)?;
+        let (offset, pack) = match self.load_pack_of(id) {
+            Err(Error::MissingChunk { .. }) if self.remote.is_some() => {
+                return self.remote_chunk(id)
+            }
+            other => other?,
+        };
         let corrupt = |why: String| Error::CorruptChunk { id: *id, why };
         match self.cache_pack(&pack, Some(offset)) {
             Some((found, data)) if found == *id => Ok(data),
             Some(_) => Err(corrupt("content does not match its BLAKE3 id".into())),
             None => Err(corrupt(format!("its pack has no chunk at offset {offset}"))),
         }
+    }
+
+    /// A chunk the store lacks, from the remote tier (checked there).
+    fn remote_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        let tier = self
+            .remote
+            .as_ref()
+            .ok_or(Error::MissingChunk { id: *id })?;
+        let data = tier.chunk(id)?;
+        if !self.cache.contains(id) {
+            self.cache.insert(*id, data.clone());
+        }
+        Ok(data)
     }
 
     /// The pack that holds chunk `id`, and where. A chunk that is missing
@@ -749,7 +872,16 @@ impl ImageServer {
         let first = lock(&self.preloaded).insert(image.name.clone(), hash) != Some(hash);
         if first {
             let (server, index) = (self.clone(), index.clone());
-            self.background.spawn(move || server.preload(&index));
+            let name = image.name.clone();
+            self.background.spawn(move || {
+                server.preload(&index);
+                // A remote boot image not stored yet (the remote failed
+                // part way, or another writer held the store) is preloaded
+                // again at the next open: what was fetched is kept.
+                if !server.store_remote(&name) {
+                    lock(&server.preloaded).remove(&name);
+                }
+            });
         }
     }
 
@@ -796,9 +928,39 @@ impl ImageServer {
                     }
                 });
             }
+            // What the store lacks comes from the remote, in the same order.
+            if let Some(tier) = &self.remote {
+                let absent: Vec<ChunkId> = wanted
+                    .iter()
+                    .filter(|id| !infos.contains_key(id))
+                    .copied()
+                    .collect();
+                if !absent.is_empty() {
+                    for (id, data) in tier.fetch(&absent) {
+                        self.cache.insert(id, data);
+                    }
+                }
+            }
             self.counters
                 .preload_done
                 .fetch_add(window.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes remote boot image `name` to the store if all its chunks are
+    /// here; true when there is nothing left to do for it.
+    fn store_remote(&self, name: &str) -> bool {
+        let Some(tier) = &self.remote else {
+            return true;
+        };
+        match tier.store(self.store.path(), name) {
+            Stored::Done => {
+                // Served from the store from the next open on.
+                let _ = self.store.catch_up();
+                true
+            }
+            Stored::Local => true,
+            Stored::Incomplete(_) | Stored::Busy => false,
         }
     }
 
@@ -831,6 +993,7 @@ impl ImageServer {
             latency_us_sum: latency.sum_us,
             latency_by_vmi: self.latency_by_vmi.snapshot(),
             learning: self.learner.as_deref().map(Learner::stats),
+            remote: self.remote.as_deref().map(RemoteTier::stats),
         }
     }
 }

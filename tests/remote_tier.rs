@@ -164,6 +164,16 @@ fn accept_loop(
     }
 }
 
+/// GET /metrics from `addr`.
+fn scrape(addr: &str) -> String {
+    let mut conn = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).expect("read the scrape");
+    body
+}
+
 /// The reads of a boot, from the trace `capture_blocks` wrote: (offset,
 /// length) in time order.
 fn boot_reads(trace: &Path) -> Vec<(u64, usize)> {
@@ -348,8 +358,12 @@ fn an_empty_node_serves_pushed_boot_images_from_the_remote_and_survives_it_going
     let node_c = Env::new();
     let relay = Relay::start();
     let endpoint = relay.endpoint();
+    let metrics = {
+        let free = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        free.local_addr().expect("address").to_string()
+    };
     let mut args = vec!["--remote", url.as_str(), "--endpoint", endpoint.as_str()];
-    args.extend(["--remote-timeout", "500"]);
+    args.extend(["--remote-timeout", "500", "--metrics", metrics.as_str()]);
     let mount = Mount::start(&node_c, "mount", &images, &point.path().join("c"), &args);
     wait_remote_ready(&mount, 2);
     relay.set(STALL);
@@ -361,6 +375,18 @@ fn an_empty_node_serves_pushed_boot_images_from_the_remote_and_survives_it_going
     assert!(n(&status, "bytes_from_file") > 0, "{status}");
     assert_eq!(n(&r, "boot_images_stored"), 0, "{r}");
     let metrics_fallbacks = n(&r, "fallbacks");
+    // The same counters for Prometheus.
+    let scrape = scrape(&metrics);
+    let line = scrape
+        .lines()
+        .find(|l| l.starts_with("yolo_remote_fallbacks_total "))
+        .unwrap_or_else(|| panic!("no remote fallbacks in the scrape:\n{scrape}"));
+    let scraped: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a count");
+    assert!(scraped >= metrics_fallbacks && scraped > 0, "{line}");
 
     // Refused: after the remote's pause (reads skip it meanwhile) the next
     // fetch finds nothing listening.

@@ -314,7 +314,7 @@ impl ImageServer {
     }
 
     /// One reading of the remote; false if it failed.
-    fn remote_round(self: &Arc<Self>, preload: bool) -> bool {
+    pub(crate) fn remote_round(self: &Arc<Self>, preload: bool) -> bool {
         let Some(tier) = &self.remote else {
             return false;
         };
@@ -950,18 +950,19 @@ impl ImageServer {
     /// Writes remote boot image `name` to the store if all its chunks are
     /// here; true when there is nothing left to do for it.
     fn store_remote(&self, name: &str) -> bool {
+        matches!(self.store_remote_now(name), Stored::Done | Stored::Local)
+    }
+
+    pub(crate) fn store_remote_now(&self, name: &str) -> Stored {
         let Some(tier) = &self.remote else {
-            return true;
+            return Stored::Local;
         };
-        match tier.store(self.store.path(), name) {
-            Stored::Done => {
-                // Served from the store from the next open on.
-                let _ = self.store.catch_up();
-                true
-            }
-            Stored::Local => true,
-            Stored::Incomplete(_) | Stored::Busy => false,
+        let stored = tier.store(self.store.path(), name);
+        if stored == Stored::Done {
+            // Served from the store from the next open on.
+            let _ = self.store.catch_up();
         }
+        stored
     }
 
     pub fn stats(&self) -> ServeStats {

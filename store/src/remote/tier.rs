@@ -511,3 +511,7 @@ impl RemoteTier {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tier_tests.rs"]
+mod tests;

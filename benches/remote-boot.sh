@@ -49,7 +49,7 @@ logical=$("$Y" --store "$work/a" ls --json |
     python3 -c "import json,sys; print([v for v in json.load(sys.stdin) if v['name']=='$vmi'][0]['logical_bytes'])")
 # The boot image compressed on its own: what a perfect transfer of it moves.
 "$Y" --store "$work/alone" import "$images/$vmi.yolo" >/dev/null
-alone=$("$Y" --store "$work/alone" stats --json | field stored_bytes)
+alone=$("$Y" --store "$work/alone" stats --json | field totals.stored_bytes)
 
 # Starts `mount` with ARGS on $mnt and waits until READY (a Python
 # expression over the status `s`) holds; prints the seconds that took.

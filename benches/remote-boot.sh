@@ -52,16 +52,17 @@ logical=$("$Y" --store "$work/a" ls --json |
 alone=$("$Y" --store "$work/alone" stats --json | field totals.stored_bytes)
 
 # Starts `mount` with ARGS on $mnt and waits until READY (a Python
-# expression over the status `s`) holds; prints the seconds that took.
+# expression over the status `s`) holds; sets $ready to the seconds that
+# took. (Not in a command substitution: the mount would hold its pipe.)
 start_mount() {
-    local store=$1 ready=$2; shift 2
+    local store=$1 cond=$2; shift 2
     local t0; t0=$(date +%s.%N)
-    "$Y" --store "$store" mount --images "$family" "$mnt" "$@" 2>>"$work/mount.log" &
+    "$Y" --store "$store" mount --images "$family" "$mnt" "$@" >>"$work/mount.log" 2>&1 &
     mount_pid=$!
-    until [ -e "$mnt/.yolo-status" ] && status | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if ($ready) else 1)" 2>/dev/null; do
+    until [ -e "$mnt/.yolo-status" ] && status | python3 -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if ($cond) else 1)" 2>/dev/null; do
         sleep 0.2
     done
-    python3 -c "import time; print(f'{time.time() - $t0:.1f}')"
+    ready=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
 }
 stop_mount() { umount "$mnt"; wait "$mount_pid" || true; mount_pid=""; }
 boot() { KERNEL_DIR=$family scripts/boot-vm.sh "$1"; }
@@ -72,7 +73,7 @@ for run in $(seq "$runs"); do
     t=$(boot "$family/$vmi")
     printf 'plain\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\n' "$run" "$t"
 
-    ready=$(start_mount "$work/a" "s['startup_verification_done'] and s['identities_pending']==0")
+    start_mount "$work/a" "s['startup_verification_done'] and s['identities_pending']==0"
     drop_caches
     t=$(boot "$mnt/$vmi")
     s=$(status)
@@ -82,8 +83,8 @@ for run in $(seq "$runs"); do
 
     # An empty node: its store is made from the remote's config.
     rm -rf "$work/b"
-    ready=$(start_mount "$work/b" "s.get('remote',{}).get('loads',0)>=1 and s['identities_pending']==0" \
-        --remote "$remote")
+    start_mount "$work/b" "s.get('remote',{}).get('loads',0)>=1 and s['identities_pending']==0" \
+        --remote "$remote"
     drop_caches
     t=$(boot "$mnt/$vmi")
     s=$(status)
@@ -95,7 +96,7 @@ for run in $(seq "$runs"); do
     stop_mount
 
     # The same node again, without --remote: the boot image is local now.
-    ready=$(start_mount "$work/b" "s['startup_verification_done'] and s['identities_pending']==0")
+    start_mount "$work/b" "s['startup_verification_done'] and s['identities_pending']==0"
     drop_caches
     t=$(boot "$mnt/$vmi")
     s=$(status)

@@ -346,6 +346,11 @@ impl ImageServer {
                     }
                 }
                 tier.round_done();
+                // Boot images complete but not stored yet (another writer
+                // held the store when their preload ended).
+                for name in tier.names() {
+                    self.store_remote(&name);
+                }
                 true
             }
             Err(e) => {
@@ -821,9 +826,11 @@ impl ImageServer {
 
     /// A chunk the store lacks, from the remote tier (checked there).
     fn remote_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
+        // A chunk the remote does not hold either is a chunk failure.
         let tier = self
             .remote
             .as_ref()
+            .filter(|tier| tier.has(id))
             .ok_or(Error::MissingChunk { id: *id })?;
         let data = tier.chunk(id)?;
         if !self.cache.contains(id) {
@@ -957,7 +964,7 @@ impl ImageServer {
         let Some(tier) = &self.remote else {
             return Stored::Local;
         };
-        let stored = tier.store(self.store.path(), name);
+        let stored = tier.store(&self.store.current(), name);
         if stored == Stored::Done {
             // Served from the store from the next open on.
             let _ = self.store.catch_up();

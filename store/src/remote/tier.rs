@@ -226,6 +226,13 @@ impl RemoteTier {
                 ),
             }
         }
+        // Fetched chunks are kept only for boot images still served from
+        // here (one stored or replaced since needs them no more).
+        let live: HashSet<ChunkId> = boot_images
+            .values()
+            .flat_map(|(_, m)| m.chunks.iter().map(|c| c.id))
+            .collect();
+        lock(&self.fetched).retain(|id, _| live.contains(id));
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded { index, boot_images };
         Ok(new)
     }
@@ -245,6 +252,11 @@ impl RemoteTier {
     /// Names of the remote boot images the last load found.
     pub fn names(&self) -> Vec<String> {
         self.read_loaded().boot_images.keys().cloned().collect()
+    }
+
+    /// Whether the remote's index places chunk `id` in a pack.
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.read_loaded().index.chunks.contains_key(id)
     }
 
     fn is_down(&self) -> bool {
@@ -380,6 +392,12 @@ impl RemoteTier {
             let want = r.range.end - r.range.start;
             let body = match body {
                 Ok(body) if body.len() as u64 == want => body,
+                // Gone (a remote gc repacked it since our index was read):
+                // the remote is up, only this pack is stale.
+                Err(object_store::Error::NotFound { .. }) => {
+                    self.counters.get_failures.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 _ => {
                     self.counters.get_failures.fetch_add(1, Ordering::Relaxed);
                     self.mark_down();
@@ -425,11 +443,18 @@ impl RemoteTier {
     /// refcounts in one synced batch, as `pull` does, all under the
     /// writer's lock so no gc takes a chunk in between. Its hash is the
     /// remote's, so the file's check carries over.
-    pub fn store(&self, store: &Path, name: &str) -> Stored {
+    /// `view` (the mount's read-only view of the store) tells, without
+    /// opening the store as a writer, whether anything is still missing.
+    pub fn store(&self, view: &Store, name: &str) -> Stored {
         let Some((_, manifest)) = self.read_loaded().boot_images.get(name).cloned() else {
             return Stored::Local;
         };
-        match self.store_inner(store, name, &manifest) {
+        match self.lacking(view, &manifest) {
+            Ok(0) => {}
+            Ok(n) => return Stored::Incomplete(n),
+            Err(_) => return Stored::Incomplete(0),
+        }
+        match self.store_inner(view.path(), name, &manifest) {
             Ok(Stored::Done) => {
                 self.counters.stored.fetch_add(1, Ordering::Relaxed);
                 let ids: HashSet<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
@@ -450,6 +475,17 @@ impl RemoteTier {
                 Stored::Incomplete(0)
             }
         }
+    }
+
+    /// How many of `manifest`'s chunks are neither in `store` nor fetched.
+    fn lacking(&self, store: &Store, manifest: &Manifest) -> Result<usize> {
+        let distinct = manifest.distinct_chunks();
+        let known = store.chunk_infos_of(distinct.iter().map(|c| c.id).collect())?;
+        let fetched = lock(&self.fetched);
+        Ok(distinct
+            .iter()
+            .filter(|c| !known.contains_key(&c.id) && !fetched.contains_key(&c.id))
+            .count())
     }
 
     fn store_inner(&self, path: &Path, name: &str, manifest: &Manifest) -> Result<Stored> {

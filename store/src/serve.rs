@@ -33,10 +33,14 @@ use crate::learn::{LearnOptions, LearnStats, Learner};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
-use crate::remote::{Remote, RemoteTier, RemoteTierStats, Stored};
-use crate::store::{lock, Store};
+use crate::remote::{Remote, RemoteTier, RemoteTierStats};
+use crate::store::lock;
 use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
+
+// The lazy remote tier's side of the server (`mount --remote`).
+#[path = "remote/serve_tier.rs"]
+mod serve_tier;
 
 /// An open VMI file: the file itself, and its boot image when one is
 /// stored and still matches the file.
@@ -185,9 +189,6 @@ enum Checked {
 /// disk is a seek storm on a hard disk.
 const BACKGROUND_THREADS: usize = 2;
 
-/// How often a `--remote` mount looks for boot images pushed since.
-pub const REMOTE_REFRESH: Duration = Duration::from_secs(30);
-
 #[derive(Default)]
 struct Counters {
     reads: AtomicU64,
@@ -282,99 +283,6 @@ impl ImageServer {
             latency_by_vmi: VmiLatencies::default(),
             remote: None,
         })
-    }
-
-    /// Serves the boot images `tier`'s remote holds and the store does not
-    /// (`mount --remote`); [`Self::start_remote`] starts reading it.
-    pub fn set_remote(&mut self, tier: RemoteTier) {
-        self.remote = Some(Arc::new(tier));
-    }
-
-    /// Reads the remote's boot images now and every [`REMOTE_REFRESH`],
-    /// on a thread of its own, and checks each new one against its file
-    /// (the rule local boot images follow); with `preload`, loads each
-    /// once checked. A remote that does not answer is tried again every
-    /// [`crate::remote::DOWN_FOR`].
-    pub fn start_remote(self: &Arc<Self>, preload: bool) -> Result<()> {
-        let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("yolo-remote".into())
-            .spawn(move || loop {
-                let Some(server) = weak.upgrade() else { return };
-                let loaded = server.remote_round(preload);
-                drop(server);
-                std::thread::sleep(if loaded {
-                    REMOTE_REFRESH
-                } else {
-                    crate::remote::DOWN_FOR
-                });
-            })
-            .map_err(|e| Error::Invalid(format!("remote thread: {e}")))?;
-        Ok(())
-    }
-
-    /// One reading of the remote; false if it failed.
-    pub(crate) fn remote_round(self: &Arc<Self>, preload: bool) -> bool {
-        let Some(tier) = &self.remote else {
-            return false;
-        };
-        let store = self
-            .store
-            .catch_up()
-            .unwrap_or_else(|_| self.store.current());
-        let local: HashSet<String> = match store.names() {
-            Ok(names) => names.into_iter().collect(),
-            Err(e) => {
-                self.warn_once(tier.url(), "reading the store's names: ", e);
-                return false;
-            }
-        };
-        let images = &self.images;
-        let serve = |name: &str| {
-            !local.contains(name) && metadata_in(images, name).is_ok_and(|m| m.is_file())
-        };
-        match tier.load(&store, serve) {
-            Ok(new) => {
-                for name in new {
-                    match self.verify_boot_image(&name) {
-                        Ok(true) if preload => match self.open(&name) {
-                            Ok(image) => self.preload_once(&image),
-                            Err(e) => eprintln!("yolo-store: {name}: {e}"),
-                        },
-                        Ok(_) => {}
-                        Err(e) => eprintln!("yolo-store: {name}: {e}"),
-                    }
-                }
-                tier.round_done();
-                // Boot images complete but not stored yet (another writer
-                // held the store when their preload ended).
-                for name in tier.names() {
-                    self.store_remote(&name);
-                }
-                true
-            }
-            Err(e) => {
-                self.warn_once(
-                    tier.url(),
-                    "the remote could not be read (boot images it holds are served from their files until it can): ",
-                    e,
-                );
-                false
-            }
-        }
-    }
-
-    /// The boot image of `name`: the store's, else the remote's (whose
-    /// chunks come from the remote tier).
-    fn manifest_of(&self, store: &Store, name: &str) -> Result<Manifest> {
-        match store.manifest(name) {
-            Err(Error::UnknownVmi(n)) => self
-                .remote
-                .as_ref()
-                .and_then(|tier| tier.manifest(name))
-                .ok_or(Error::UnknownVmi(n)),
-            other => other,
-        }
     }
 
     /// Learns a boot image from the first boot of every file version that
@@ -824,21 +732,6 @@ impl ImageServer {
         }
     }
 
-    /// A chunk the store lacks, from the remote tier (checked there).
-    fn remote_chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
-        // A chunk the remote does not hold either is a chunk failure.
-        let tier = self
-            .remote
-            .as_ref()
-            .filter(|tier| tier.has(id))
-            .ok_or(Error::MissingChunk { id: *id })?;
-        let data = tier.chunk(id)?;
-        if !self.cache.contains(id) {
-            self.cache.insert(*id, data.clone());
-        }
-        Ok(data)
-    }
-
     /// The pack that holds chunk `id`, and where. A chunk that is missing
     /// or unreadable may have moved under a compaction or a gc since we
     /// last caught up with the writer: catch up and try once more. A
@@ -952,24 +845,6 @@ impl ImageServer {
                 .preload_done
                 .fetch_add(window.len() as u64, Ordering::Relaxed);
         }
-    }
-
-    /// Writes remote boot image `name` to the store if all its chunks are
-    /// here; true when there is nothing left to do for it.
-    fn store_remote(&self, name: &str) -> bool {
-        matches!(self.store_remote_now(name), Stored::Done | Stored::Local)
-    }
-
-    pub(crate) fn store_remote_now(&self, name: &str) -> Stored {
-        let Some(tier) = &self.remote else {
-            return Stored::Local;
-        };
-        let stored = tier.store(&self.store.current(), name);
-        if stored == Stored::Done {
-            // Served from the store from the next open on.
-            let _ = self.store.catch_up();
-        }
-        stored
     }
 
     pub fn stats(&self) -> ServeStats {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use yolo_store_core::{Follower, ImageServer, LearnOptions};
+use yolo_store_core::{Follower, ImageServer, LearnOptions, RemoteTier, Store};
 
 use crate::commands::remote::RemoteArgs;
 use crate::fuse::{check_mount_paths, serve_handed_over, supervise, MountOptions, Serve};
@@ -46,6 +46,8 @@ pub struct Args {
     #[command(flatten)]
     learn: LearnArgs,
     #[command(flatten)]
+    remote: RemoteMountArgs,
+    #[command(flatten)]
     fuse: FuseArgs,
     /// Replace the server process of the running mount at MOUNTPOINT with
     /// the yolo-store binary now installed at its path, without unmounting
@@ -79,9 +81,16 @@ struct LearnArgs {
     /// Recordings with fewer reads are probes, not boots: not learned.
     #[arg(long, value_name = "N", default_value_t = 64, requires = "learn")]
     learn_min_reads: usize,
-    /// Push every learned boot image to this remote (s3://BUCKET[/PREFIX]
-    /// or file:///DIR), so a cloud records each VMI once, on one node.
-    #[arg(long, value_name = "URL", requires = "learn")]
+}
+
+/// A lazy remote tier (docs/design.md, The lazy remote tier).
+#[derive(clap::Args)]
+struct RemoteMountArgs {
+    /// Serve the boot images this remote (s3://BUCKET[/PREFIX] or
+    /// file:///DIR) holds and the store does not, fetching their chunks as
+    /// they are read and storing each once complete; with --learn, push
+    /// every learned boot image there too. Credentials as for push/pull.
+    #[arg(long, value_name = "URL")]
     remote: Option<String>,
     /// With --remote: the S3 endpoint.
     #[arg(long, requires = "remote")]
@@ -89,6 +98,29 @@ struct LearnArgs {
     /// With --remote: the S3 region.
     #[arg(long, requires = "remote")]
     region: Option<String>,
+    /// With --remote: the longest a read waits for the remote, in
+    /// milliseconds, before it is served from the VMI file.
+    #[arg(long, value_name = "MS", default_value_t = 2000, requires = "remote")]
+    remote_timeout: u64,
+    /// With --remote: GETs in flight at once.
+    #[arg(long, default_value_t = 8, requires = "remote",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    remote_jobs: u16,
+}
+
+impl RemoteMountArgs {
+    fn open(&self, what: &str) -> anyhow::Result<Option<yolo_store_core::Remote>> {
+        let Some(url) = &self.remote else {
+            return Ok(None);
+        };
+        let args = RemoteArgs {
+            remote: url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            jobs: self.remote_jobs,
+        };
+        Ok(Some(args.open(what)?.0))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -149,10 +181,27 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         .metrics
         .map(|addr| metrics::bind(addr, args.metrics_allow_remote))
         .transpose()?;
+    let tier = args.remote.open("fetch")?;
+    if let Some(remote) = &tier {
+        if !path.join("CURRENT").exists() {
+            // An empty node: a store that chunks the way the remote does.
+            let config = remote
+                .config()
+                .with_context(|| format!("reading {} to create the store", remote.url()))?
+                .ok_or_else(|| anyhow::anyhow!("{}: nothing was ever pushed here", remote.url()))?;
+            Store::open_or_create(path, Some(config.store_config()))
+                .with_context(|| format!("creating store {}", path.display()))?;
+        }
+    }
     let store =
         Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;
-    let server = ImageServer::new(store, &images, cache_bytes)
+    let mut server = ImageServer::new(store, &images, cache_bytes)
         .with_context(|| format!("images directory {}", images.display()))?;
+    let remote_tier = tier.is_some();
+    if let Some(remote) = tier {
+        let timeout = Duration::from_millis(args.remote.remote_timeout);
+        server.set_remote(RemoteTier::new(remote, timeout));
+    }
     let server = if args.learn.learn {
         let options = LearnOptions {
             window: Duration::from_secs(args.learn.learn_window),
@@ -160,18 +209,7 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
             min_reads: args.learn.learn_min_reads,
             ..LearnOptions::default()
         };
-        let remote = match &args.learn.remote {
-            Some(url) => {
-                let remote_args = RemoteArgs {
-                    remote: url.clone(),
-                    endpoint: args.learn.endpoint.clone(),
-                    region: args.learn.region.clone(),
-                    jobs: 8,
-                };
-                Some(remote_args.open("push")?.0)
-            }
-            None => None,
-        };
+        let remote = args.remote.open("push")?;
         server.learn(options, remote).context("starting to learn")?
     } else {
         Arc::new(server)
@@ -182,6 +220,11 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
         args.passthrough,
     ));
     let files = backend.verify_all(args.preload == Preload::All)?;
+    if remote_tier {
+        server
+            .start_remote(args.preload == Preload::All)
+            .context("starting the remote tier")?;
+    }
     eprintln!(
         "yolo-store: checking the identity of {files} VMI file(s) with a boot image in the background{}",
         if args.preload == Preload::All { ", then preloading them" } else { "" }

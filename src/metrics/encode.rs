@@ -165,6 +165,98 @@ impl Collector for Snapshot {
             )?)?;
         }
 
+        // With --remote: the lazy remote tier.
+        if let Some(r) = &s.remote {
+            let counters: [(&str, &str, u64); 9] = [
+                (
+                    "remote_chunks_fetched",
+                    "Chunks of remote boot images fetched and found to hash to their ids (mount --remote).",
+                    r.chunks_fetched,
+                ),
+                (
+                    "remote_gets",
+                    "Range GETs sent to the remote for chunks.",
+                    r.gets,
+                ),
+                (
+                    "remote_get_failures",
+                    "Range GETs that failed or did not answer within --remote-timeout.",
+                    r.get_failures,
+                ),
+                (
+                    "remote_bad_chunks",
+                    "Fetched chunks that did not decode to their BLAKE3 id (never served nor stored).",
+                    r.bad_chunks,
+                ),
+                (
+                    "remote_fallbacks",
+                    "Boot-image ranges served from the VMI file because the remote could not deliver their chunks in time.",
+                    r.fallbacks,
+                ),
+                (
+                    "remote_boot_images_stored",
+                    "Remote boot images written to the local store once all their chunks had arrived.",
+                    r.boot_images_stored,
+                ),
+                (
+                    "remote_store_failures",
+                    "Remote boot images that could not be written to the local store.",
+                    r.store_failures,
+                ),
+                (
+                    "remote_loads",
+                    "Readings of the remote's manifests and index whose new boot images were checked against their files.",
+                    r.loads,
+                ),
+                (
+                    "remote_load_failures",
+                    "Readings of the remote's manifests and index that failed.",
+                    r.load_failures,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let metric = ConstCounter::new(value);
+                metric.encode(out.encode_descriptor(name, help, None, metric.metric_type())?)?;
+            }
+            let bytes: [(&str, &str, u64); 2] = [
+                (
+                    "remote_fetched",
+                    "Bytes of range GET bodies from the remote (chunks as stored, and the gaps a range carried along).",
+                    r.bytes_fetched,
+                ),
+                (
+                    "remote_fallback",
+                    "Bytes of boot-image ranges served from the VMI file because the remote could not deliver.",
+                    r.fallback_bytes,
+                ),
+            ];
+            for (name, help, value) in bytes {
+                let metric = ConstCounter::new(value);
+                metric.encode(out.encode_descriptor(
+                    name,
+                    help,
+                    Some(&Unit::Bytes),
+                    metric.metric_type(),
+                )?)?;
+            }
+            let gauges: [(&str, &str, u64); 2] = [
+                (
+                    "remote_boot_images",
+                    "Boot images served from the remote (not in the local store yet).",
+                    r.boot_images,
+                ),
+                (
+                    "remote_down",
+                    "1 while reads skip the remote after a failed or slow fetch.",
+                    u64::from(r.down),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let metric = ConstGauge::new(value);
+                metric.encode(out.encode_descriptor(name, help, None, metric.metric_type())?)?;
+            }
+        }
+
         let mut bytes = out.encode_descriptor(
             "read",
             "Bytes of VMI reads answered: boot-image blocks from the store (source=\"store\"), everything else from the VMI file (source=\"file\").",

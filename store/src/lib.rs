@@ -55,7 +55,7 @@ pub use output::{check_output, is_stdout, STDOUT};
 pub use record::{RecordedFile, Recorder};
 pub use remote::{
     pull, push, remote_gc, PullFailure, PullReport, PushReport, Remote, RemoteConfig, RemoteGcPlan,
-    RemoteGcReport, RemoteOptions,
+    RemoteGcReport, RemoteOptions, RemoteTier, RemoteTierStats, Stored,
 };
 pub use repair::{repair, RepairReport};
 pub use serve::{ImageServer, OpenImage, PageCache, PassthroughOutcome, ServeStats};

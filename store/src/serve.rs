@@ -33,10 +33,14 @@ use crate::learn::{LearnOptions, LearnStats, Learner};
 use crate::manifest::{Manifest, ManifestIndex};
 use crate::name::validate_name;
 use crate::pack::{decode_pack, Pack};
-use crate::remote::Remote;
+use crate::remote::{Remote, RemoteTier, RemoteTierStats};
 use crate::store::lock;
 use crate::trust::{blocks_match, now_ns, verified_path, FileVersion, Verified};
 use crate::{Error, Result};
+
+// The lazy remote tier's side of the server (`mount --remote`).
+#[path = "remote/serve_tier.rs"]
+mod serve_tier;
 
 /// An open VMI file: the file itself, and its boot image when one is
 /// stored and still matches the file.
@@ -158,6 +162,9 @@ pub struct ImageServer {
     /// `--learn`.
     learner: Option<Arc<Learner>>,
     latency_by_vmi: VmiLatencies,
+    /// Boot images on the remote but not in the store, fetched as they are
+    /// read (`mount --remote`; `remote/tier.rs`).
+    remote: Option<Arc<RemoteTier>>,
 }
 
 /// What is known of (file version, boot image) pairs.
@@ -237,6 +244,9 @@ pub struct ServeStats {
     /// With `--learn`: what became of the recorded boots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning: Option<LearnStats>,
+    /// With `--remote`: the lazy remote tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteTierStats>,
     /// Microseconds spent in all reads.
     pub latency_us_sum: u64,
     /// The same per VMI, for a bounded set of VMIs; every other file's
@@ -271,6 +281,7 @@ impl ImageServer {
             counters: Counters::default(),
             learner: None,
             latency_by_vmi: VmiLatencies::default(),
+            remote: None,
         })
     }
 
@@ -338,7 +349,7 @@ impl ImageServer {
         // Learned when there is no boot image, or one known not to match;
         // not while a match is being checked.
         let mut learnable = false;
-        let manifest = store.manifest(name);
+        let manifest = self.manifest_of(&store, name);
         let latency = self.latency_by_vmi.for_file(name, manifest.is_ok());
         let index = match manifest {
             Ok(manifest) => match self.checked(name, version, &manifest) {
@@ -511,7 +522,7 @@ impl ImageServer {
     /// [`Self::verify_boot_image`] without keeping the result on disk:
     /// whether the boot image serves, and whether the file was read for it.
     fn check_now(&self, name: &str) -> Result<(bool, bool)> {
-        let manifest = match self.store.current().manifest(name) {
+        let manifest = match self.manifest_of(&self.store.current(), name) {
             Ok(manifest) => manifest,
             Err(Error::UnknownVmi(_)) => return Ok((false, false)),
             Err(e) => return Err(e),
@@ -675,6 +686,13 @@ impl ImageServer {
             let id = index.manifest().chunks[i].id;
             let data = match self.chunk(&id) {
                 Ok(data) => data,
+                Err(Error::Remote { .. }) => {
+                    // Down or slow: the file has the same bytes (checked).
+                    if let Some(tier) = &self.remote {
+                        tier.fell_back(dst.len() as u64);
+                    }
+                    return false;
+                }
                 Err(e) => {
                     self.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
                     self.warn_once(
@@ -700,7 +718,12 @@ impl ImageServer {
         if let Some(data) = self.cache.get(id) {
             return Ok(data);
         }
-        let (offset, pack) = self.load_pack_of(id)?;
+        let (offset, pack) = match self.load_pack_of(id) {
+            Err(Error::MissingChunk { .. }) if self.remote.is_some() => {
+                return self.remote_chunk(id)
+            }
+            other => other?,
+        };
         let corrupt = |why: String| Error::CorruptChunk { id: *id, why };
         match self.cache_pack(&pack, Some(offset)) {
             Some((found, data)) if found == *id => Ok(data),
@@ -749,7 +772,16 @@ impl ImageServer {
         let first = lock(&self.preloaded).insert(image.name.clone(), hash) != Some(hash);
         if first {
             let (server, index) = (self.clone(), index.clone());
-            self.background.spawn(move || server.preload(&index));
+            let name = image.name.clone();
+            self.background.spawn(move || {
+                server.preload(&index);
+                // A remote boot image not stored yet (the remote failed
+                // part way, or another writer held the store) is preloaded
+                // again at the next open: what was fetched is kept.
+                if !server.store_remote(&name) {
+                    lock(&server.preloaded).remove(&name);
+                }
+            });
         }
     }
 
@@ -796,6 +828,19 @@ impl ImageServer {
                     }
                 });
             }
+            // What the store lacks comes from the remote, in the same order.
+            if let Some(tier) = &self.remote {
+                let absent: Vec<ChunkId> = wanted
+                    .iter()
+                    .filter(|id| !infos.contains_key(id))
+                    .copied()
+                    .collect();
+                if !absent.is_empty() {
+                    for (id, data) in tier.fetch(&absent) {
+                        self.cache.insert(id, data);
+                    }
+                }
+            }
             self.counters
                 .preload_done
                 .fetch_add(window.len() as u64, Ordering::Relaxed);
@@ -831,6 +876,7 @@ impl ImageServer {
             latency_us_sum: latency.sum_us,
             latency_by_vmi: self.latency_by_vmi.snapshot(),
             learning: self.learner.as_deref().map(Learner::stats),
+            remote: self.remote.as_deref().map(RemoteTier::stats),
         }
     }
 }

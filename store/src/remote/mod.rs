@@ -20,6 +20,7 @@ mod layout;
 mod lock;
 mod pull;
 mod push;
+mod tier;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ use layout::{Index, PackId};
 pub use gc::{remote_gc, RemoteGcPlan, RemoteGcReport};
 pub use pull::{pull, PullFailure, PullReport};
 pub use push::{push, PushReport};
+pub use tier::{RemoteTier, RemoteTierStats, Stored, DOWN_FOR};
 
 const LAYOUT: u32 = 2;
 const CONFIG_KEY: &str = "yolo-remote.json";

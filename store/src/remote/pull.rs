@@ -239,16 +239,16 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
 
 /// One GET: a byte range of a pack and the chunks in it that are needed,
 /// with their offsets in the pack.
-struct Request {
-    pack: PackId,
-    range: Range<u64>,
+pub(super) struct Request {
+    pub(super) pack: PackId,
+    pub(super) range: Range<u64>,
     whole: bool,
-    chunks: Vec<(ChunkId, u64, u32)>,
+    pub(super) chunks: Vec<(ChunkId, u64, u32)>,
 }
 
 /// How to fetch the needed entries of a pack: ranges that each cover
 /// needed chunks no further apart than a request costs.
-fn plan_requests(desc: &layout::PackDesc, mut positions: Vec<u32>) -> Vec<Request> {
+pub(super) fn plan_requests(desc: &layout::PackDesc, mut positions: Vec<u32>) -> Vec<Request> {
     positions.sort_unstable();
     positions.dedup();
     let offsets = desc.offsets();
@@ -350,7 +350,7 @@ fn fetch_ranges(
 }
 
 /// The current version of each wanted name; every name must exist.
-fn wanted_versions(remote: &Remote, names: &[String]) -> Result<Vec<ManifestVersion>> {
+pub(super) fn wanted_versions(remote: &Remote, names: &[String]) -> Result<Vec<ManifestVersion>> {
     let versions = remote.runtime.block_on(remote.list_manifests())?;
     let mut current = current_versions(&versions);
     if names.is_empty() {
@@ -368,11 +368,11 @@ fn wanted_versions(remote: &Remote, names: &[String]) -> Result<Vec<ManifestVers
         .collect()
 }
 
-type FetchedManifest = std::result::Result<(Manifest, Vec<Place>, u64), String>;
+pub(super) type FetchedManifest = std::result::Result<(Manifest, Vec<Place>, u64), String>;
 
 /// Downloads manifests and rebuilds them through the index: they must hash
 /// to their key and decode.
-fn fetch_manifests(
+pub(super) fn fetch_manifests(
     remote: &Remote,
     versions: &[ManifestVersion],
     index: &Index,
@@ -404,7 +404,11 @@ fn fetch_manifests(
 
 /// A downloaded chunk value is stored only if it decodes to `raw_len`
 /// bytes whose BLAKE3 is its id.
-fn check_chunk(id: &ChunkId, value: &[u8], raw_len: u32) -> std::result::Result<Vec<u8>, String> {
+pub(super) fn check_chunk(
+    id: &ChunkId,
+    value: &[u8],
+    raw_len: u32,
+) -> std::result::Result<Vec<u8>, String> {
     // Read from the header before decoding, so a hostile length cannot make
     // the decoder allocate more than the manifest allows.
     let header_len = value

@@ -518,7 +518,7 @@ impl RemoteTier {
         }
         let new: Vec<(ChunkId, &[u8], u64)> =
             have.iter().map(|(id, data)| (*id, &data[..], 0)).collect();
-        let packs = store.build_packs(&new);
+        let packs = store.build_packs(&new, &HashMap::new())?;
         let mut counts = ImportReport::default();
         store.write(new_packs_batch(&store, &packs, &mut known, &mut counts)?)?;
         register_manifests(&store, &[(name.to_string(), manifest.clone())], &mut known)?;

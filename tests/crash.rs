@@ -241,6 +241,22 @@ fn a_flipped_byte_in_a_blob_file_is_named_and_rebuilt_from_the_vmis() {
     repair_restores(&env, &yolos, env.dir.path(), "repaired chunk");
 }
 
+/// Flips a byte of column family `cf`'s largest table file, a third of
+/// the way in: in a data block (the index and footer are last).
+fn flip_in_largest_table(env: &Env, cf: &str) {
+    let sst = {
+        let store = yolo_store_core::Store::open(&env.store()).unwrap();
+        store
+            .table_files(cf)
+            .unwrap()
+            .into_iter()
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .expect("a table file")
+    };
+    let len = std::fs::metadata(&sst).unwrap().len();
+    flip(&sst, len / 3, 1);
+}
+
 #[test]
 fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_packs() {
     let env = Env::new();
@@ -249,18 +265,7 @@ fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_pack
     compact_with_gc(&env);
     let chunks_before = env.json(&["verify"])["chunks"].clone();
     let stored_before = env.json(&["stats"])["totals"]["stored_bytes"].clone();
-    let sst = {
-        let store = yolo_store_core::Store::open(&env.store()).unwrap();
-        store
-            .table_files("refs")
-            .unwrap()
-            .into_iter()
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .expect("a refs table file")
-    };
-    // A third of the way in: a data block (the index and footer are last).
-    let len = std::fs::metadata(&sst).unwrap().len();
-    flip(&sst, len / 3, 1);
+    flip_in_largest_table(&env, "refs");
 
     let report = verify_names_damage(&env);
     let problems = report["problems"].as_array().unwrap();
@@ -305,17 +310,7 @@ fn a_flipped_byte_in_the_numbers_sst_is_named_and_the_records_rewritten_from_ref
     let env = Env::new();
     let yolos = damaged_store_setup(&env);
     compact_with_gc(&env);
-    let sst = {
-        let store = yolo_store_core::Store::open(&env.store()).unwrap();
-        store
-            .table_files("numbers")
-            .unwrap()
-            .into_iter()
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .expect("a numbers table file")
-    };
-    let len = std::fs::metadata(&sst).unwrap().len();
-    flip(&sst, len / 3, 1);
+    flip_in_largest_table(&env, "numbers");
 
     // Named, and the manifests that name a lost number say so.
     let report = verify_names_damage(&env);

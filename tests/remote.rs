@@ -9,38 +9,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{capture_blocks, vmi, Env, Mount, BIN};
+use common::{capture_blocks, vmi, Env, Gateway, Mount, BIN};
 
 const BUCKET: &str = "yolo-test";
-const RGW_PORT: &str = "17480";
+const RGW_PORT: u16 = 17480;
 
-/// The cluster, stopped on drop (radosgw by SIGKILL, see the script).
+/// The cluster, with the helpers these tests drive it by.
 struct Ceph {
-    dir: PathBuf,
-    env: Vec<(String, String)>,
+    gateway: Gateway,
 }
 
 impl Ceph {
     fn start(dir: PathBuf) -> Ceph {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-rgw.sh");
-        let out = Command::new(script)
-            .arg("start")
-            .arg(&dir)
-            .arg(BUCKET)
-            .env("RGW_PORT", RGW_PORT)
-            .env("MON_PORT", "16789")
-            .output()
-            .expect("run scripts/ceph-rgw.sh");
-        let ceph = Ceph {
-            dir,
-            env: parse_exports(&String::from_utf8_lossy(&out.stdout)),
-        };
-        assert!(
-            out.status.success() && !ceph.env.is_empty(),
-            "Ceph did not start (is `scripts/setup.sh ceph` done?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ceph
+        Ceph {
+            gateway: Gateway::start(dir, BUCKET, RGW_PORT, 16789),
+        }
     }
 
     /// Runs `yolo-store --store NODE ARGS...` with the S3 credentials.
@@ -51,7 +34,7 @@ impl Ceph {
     fn command(&self, node: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--store").arg(node).args(args);
-        for (k, v) in &self.env {
+        for (k, v) in &self.gateway.env {
             cmd.env(k, v);
         }
         cmd
@@ -76,7 +59,7 @@ impl Ceph {
 
     /// Overwrites a remote object with `body`, behind yolo-store's back.
     fn put_object(&self, key: &str, body: &[u8]) {
-        let file = self.dir.join("tampered");
+        let file = self.gateway.dir.join("tampered");
         std::fs::write(&file, body).expect("write body");
         let sha = Command::new("sha256sum")
             .arg(&file)
@@ -104,27 +87,13 @@ impl Ceph {
     }
 
     fn var(&self, name: &str) -> String {
-        self.env
+        self.gateway
+            .env
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     }
-}
-
-impl Drop for Ceph {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-rgw.sh");
-        let _ = Command::new(script).arg("stop").arg(&self.dir).status();
-    }
-}
-
-fn parse_exports(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Boot images of a family: `n` VMIs on one base, the i-th with `own`

@@ -15,54 +15,20 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{capture_blocks, pread, vmi, Env, Mount, BIN};
+use common::{capture_blocks, pread, vmi, Env, Gateway, Mount, BIN};
 
 const BUCKET: &str = "yolo-tier";
 const RGW_PORT: u16 = 17485;
-const MON_PORT: &str = "16795";
+const MON_PORT: u16 = 16795;
 
-/// The cluster, stopped on drop.
-struct Ceph {
-    dir: PathBuf,
-}
-
-impl Ceph {
-    /// Starts it and puts its credentials in this process's environment,
-    /// which the mounts inherit (the only test in this binary).
-    fn start(dir: PathBuf) -> Ceph {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-rgw.sh");
-        let out = Command::new(script)
-            .arg("start")
-            .arg(&dir)
-            .arg(BUCKET)
-            .env("RGW_PORT", RGW_PORT.to_string())
-            .env("MON_PORT", MON_PORT)
-            .output()
-            .expect("run scripts/ceph-rgw.sh");
-        let ceph = Ceph { dir };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let exports: Vec<(&str, &str)> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .collect();
-        assert!(
-            out.status.success() && !exports.is_empty(),
-            "Ceph did not start (is `scripts/setup.sh ceph` done?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for (k, v) in exports {
-            std::env::set_var(k, v);
-        }
-        ceph
+/// Starts the cluster and puts its credentials in this process's
+/// environment, which the mounts inherit (the only test in this binary).
+fn start_ceph(dir: PathBuf) -> Gateway {
+    let gateway = Gateway::start(dir, BUCKET, RGW_PORT, MON_PORT);
+    for (k, v) in &gateway.env {
+        std::env::set_var(k, v);
     }
-}
-
-impl Drop for Ceph {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-rgw.sh");
-        let _ = Command::new(script).arg("stop").arg(&self.dir).status();
-    }
+    gateway
 }
 
 const FORWARD: u8 = 0;
@@ -233,7 +199,7 @@ fn wait_remote_ready(mount: &Mount, images: u64) {
 #[test]
 fn an_empty_node_serves_pushed_boot_images_from_the_remote_and_survives_it_going_away() {
     let env = Env::new();
-    let ceph = Ceph::start(env.path("ceph"));
+    let ceph = start_ceph(env.path("ceph"));
     let url = format!("s3://{BUCKET}/cloud");
     let images = env.path("images");
     std::fs::create_dir(&images).expect("images");

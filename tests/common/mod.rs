@@ -344,3 +344,50 @@ pub fn wait_gone(pid: u32) {
     }
     panic!("process {pid} is still there");
 }
+
+/// A single-node Ceph with its object gateway on 127.0.0.1
+/// (scripts/ceph-rgw.sh; `scripts/setup.sh ceph` installs it), stopped on
+/// drop (radosgw by SIGKILL, see the script). Each test binary takes ports
+/// of its own, so binaries that run at once do not meet.
+pub struct Gateway {
+    pub dir: PathBuf,
+    /// The S3 credentials and endpoint the script exported.
+    pub env: Vec<(String, String)>,
+}
+
+impl Gateway {
+    pub fn start(dir: PathBuf, bucket: &str, rgw_port: u16, mon_port: u16) -> Gateway {
+        let out = Command::new(CEPH_SCRIPT)
+            .arg("start")
+            .arg(&dir)
+            .arg(bucket)
+            .env("RGW_PORT", rgw_port.to_string())
+            .env("MON_PORT", mon_port.to_string())
+            .output()
+            .expect("run scripts/ceph-rgw.sh");
+        let env: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let gateway = Gateway { dir, env };
+        assert!(
+            out.status.success() && !gateway.env.is_empty(),
+            "Ceph did not start (is `scripts/setup.sh ceph` done?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        gateway
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = Command::new(CEPH_SCRIPT)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+const CEPH_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ceph-rgw.sh");

@@ -428,6 +428,31 @@ impl ManifestIndex {
         Some(start..start + self.manifest.block_len(id) as u64)
     }
 
+    /// Algorithm 1 for a read of `range` of the file, as a plan: the range
+    /// cut at block boundaries, each piece with the part of the block stream
+    /// that holds it, or `None` where the boot image lacks the block (the
+    /// file serves it).
+    pub fn plan(
+        &self,
+        range: Range<u64>,
+    ) -> impl Iterator<Item = (Range<u64>, Option<Range<u64>>)> + '_ {
+        let bs = u64::from(self.manifest.block_size).max(1);
+        let mut at = range.start;
+        std::iter::from_fn(move || {
+            if at >= range.end {
+                return None;
+            }
+            let id = at / bs;
+            let piece = at..((id + 1) * bs).min(range.end);
+            let stream = self.block(id).map(|stream| {
+                let within = (piece.start - id * bs)..(piece.end - id * bs);
+                (stream.start + within.start)..(stream.start + within.end)
+            });
+            at = piece.end;
+            Some((piece, stream))
+        })
+    }
+
     /// The chunks that hold `range` of the stream: (chunk index, the part of
     /// the stream that chunk covers).
     pub fn chunks_for(&self, range: Range<u64>) -> impl Iterator<Item = (usize, Range<u64>)> + '_ {
@@ -490,6 +515,33 @@ mod tests {
         assert_eq!(chunks, vec![(0, 0..5000), (1, 5000..8292)]);
         let chunks: Vec<_> = index.chunks_for(8192..8292).collect();
         assert_eq!(chunks, vec![(1, 5000..8292)]);
+    }
+
+    #[test]
+    fn a_read_is_planned_block_by_block_from_the_stream_or_the_file() {
+        // Blocks 3, 2, 4 recorded in that order; the file's last block (4)
+        // is 100 bytes long.
+        let m = manifest(vec![3, 2, 4], &[5000, 3292], 4 * 4096 + 100);
+        let index = ManifestIndex::new(m);
+        // From inside block 0 to inside block 3: blocks 0 and 1 (not
+        // recorded) from the file, block 2 whole from its place in the
+        // stream (second), the start of block 3 from the stream's start.
+        let plan: Vec<_> = index.plan(4000..3 * 4096 + 10).collect();
+        assert_eq!(
+            plan,
+            vec![
+                (4000..4096, None),
+                (4096..8192, None),
+                (8192..12288, Some(4096..8192)),
+                (12288..12298, Some(0..10)),
+            ]
+        );
+        // Within one block, and the short last block to the file's end.
+        let plan: Vec<_> = index.plan(8200..8300).collect();
+        assert_eq!(plan, vec![(8200..8300, Some(4104..4204))]);
+        let plan: Vec<_> = index.plan(4 * 4096..4 * 4096 + 100).collect();
+        assert_eq!(plan, vec![(16384..16484, Some(8192..8292))]);
+        assert_eq!(index.plan(7..7).count(), 0);
     }
 
     /// The manifest of `manifest(..)` through the store's encoding, with

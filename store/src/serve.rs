@@ -642,22 +642,12 @@ impl ImageServer {
         buf: &mut [u8],
         from_file: &mut Vec<Range<u64>>,
     ) {
-        let bs = u64::from(index.manifest().block_size);
         let end = offset + buf.len() as u64;
-        let mut at = offset;
-        while at < end {
-            let id = at / bs;
-            let piece = at..((id + 1) * bs).min(end);
-            let served = index
-                .block(id)
-                .map(|stream| {
-                    let within = (piece.start - id * bs)..(piece.end - id * bs);
-                    let stream = (stream.start + within.start)..(stream.start + within.end);
-                    let dst =
-                        &mut buf[(piece.start - offset) as usize..(piece.end - offset) as usize];
-                    self.copy_stream(image, index, stream, dst)
-                })
-                .unwrap_or(false);
+        for (piece, stream) in index.plan(offset..end) {
+            let served = stream.is_some_and(|stream| {
+                let dst = &mut buf[(piece.start - offset) as usize..(piece.end - offset) as usize];
+                self.copy_stream(image, index, stream, dst)
+            });
             if served {
                 self.counters
                     .bytes_from_store
@@ -665,10 +655,9 @@ impl ImageServer {
             } else {
                 match from_file.last_mut() {
                     Some(last) if last.end == piece.start => last.end = piece.end,
-                    _ => from_file.push(piece.clone()),
+                    _ => from_file.push(piece),
                 }
             }
-            at = piece.end;
         }
     }
 

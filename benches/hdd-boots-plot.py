@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Plots benches/hdd-boots.sh's CSV: boot time against contending readers
 (one VM), against VMs booted at once, and against a memory hog (one VM),
-for each policy the CSV has; the boot on the unthrottled disk as a line.
+for each policy the CSV has; the boot on the unthrottled disk as a line, and
+the memory cgroup's page-cache refaults (dashed) beside the memory panel.
 usage: hdd-boots-plot.py CSV PNG"""
 import csv, sys
 import matplotlib
@@ -23,6 +24,16 @@ for ax, (scenario, xlabel, title) in zip(axes[0], panels):
                      if r["scenario"] == scenario and r["policy"] == policy)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=policy)
+    if scenario == "memory":
+        # What the hog does: page-cache pages read again after eviction.
+        ax2 = ax.twinx()
+        for policy, color in [("normal", "C0"), ("prefetch", "C1"), ("yolo", "C2")]:
+            pts = sorted((int(r["x"]), int(r["refaults"] or 0)) for r in rows
+                         if r["scenario"] == scenario and r["policy"] == policy)
+            if pts:
+                ax2.plot([p[0] for p in pts], [p[1] for p in pts], "--", color=color, alpha=0.6)
+        ax2.set_ylabel("page-cache refaults (dashed)", fontsize=9)
+        ax2.set_ylim(bottom=0)
     if fast and scenario != "many":
         ax.axhline(fast[0], color="grey", linestyle=":", label="unthrottled disk")
     ax.set_xlabel(xlabel, fontsize=9)

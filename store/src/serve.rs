@@ -349,7 +349,15 @@ impl ImageServer {
         // Learned when there is no boot image, or one known not to match;
         // not while a match is being checked.
         let mut learnable = false;
-        let manifest = self.manifest_of(&store, name);
+        let manifest = match self.manifest_of(&store, name) {
+            // A view opened while a writer commits may not read what the
+            // manifest names: look once more, at the store as it is now.
+            Err(e) if !matches!(e, Error::UnknownVmi(_)) => match self.store.catch_up() {
+                Ok(now) => self.manifest_of(&now, name),
+                Err(_) => Err(e),
+            },
+            other => other,
+        };
         let latency = self.latency_by_vmi.for_file(name, manifest.is_ok());
         let index = match manifest {
             Ok(manifest) => match self.checked(name, version, &manifest) {
@@ -381,7 +389,17 @@ impl ImageServer {
                 learnable = true;
                 None
             }
-            Err(e) => return Err(e),
+            // The store failing must not fail a VM's open: the file holds
+            // every byte, so it serves them all.
+            Err(e) => {
+                self.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
+                self.warn_once(
+                    name,
+                    "its boot image could not be read, served from the file instead (counted in chunk_failures): ",
+                    e,
+                );
+                None
+            }
         };
         let learner = self
             .learner

@@ -56,6 +56,14 @@ pub enum Error {
     #[error("remote {remote}: {why}")]
     Remote { remote: String, why: String },
 
+    /// The OS would not start a thread the daemon needs.
+    #[error("could not start the {what} thread: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -261,7 +261,10 @@ impl ImageServer {
             .num_threads(BACKGROUND_THREADS)
             .thread_name(|i| format!("yolo-check-{i}"))
             .build()
-            .map_err(|e| Error::Invalid(format!("background threads: {e}")))?;
+            .map_err(|e| Error::Spawn {
+                what: "background",
+                source: std::io::Error::other(e),
+            })?;
         let verified = Verified::load(Some(verified_path(store.path())));
         Ok(ImageServer {
             store,
@@ -323,7 +326,10 @@ impl ImageServer {
                     }
                 }
             })
-            .map_err(|e| Error::Invalid(format!("learning thread: {e}")))?;
+            .map_err(|source| Error::Spawn {
+                what: "learning",
+                source,
+            })?;
         Ok(server)
     }
 
@@ -599,7 +605,10 @@ impl ImageServer {
                 }
                 server.startup_checked.store(true, Ordering::Relaxed);
             })
-            .map_err(|e| Error::Invalid(format!("startup thread: {e}")))?;
+            .map_err(|source| Error::Spawn {
+                what: "startup verification",
+                source,
+            })?;
         Ok(count)
     }
 

@@ -46,7 +46,10 @@ impl ImageServer {
                     crate::remote::DOWN_FOR
                 });
             })
-            .map_err(|e| Error::Invalid(format!("remote thread: {e}")))?;
+            .map_err(|source| Error::Spawn {
+                what: "remote tier",
+                source,
+            })?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use yolo_store_core::{Follower, ImageServer, LearnOptions, RemoteTier, Store};
+use yolo_store_core::{Follower, ImageServer, LearnOptions, RemoteTier, ServeOptions, Store};
 
 use crate::commands::remote::RemoteArgs;
 use crate::fuse::{check_mount_paths, serve_handed_over, supervise, MountOptions, Serve};
@@ -195,13 +195,21 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     }
     let store =
         Follower::open(path).with_context(|| format!("opening store {}", path.display()))?;
-    let mut server = ImageServer::new(store, &images, cache_bytes)
-        .with_context(|| format!("images directory {}", images.display()))?;
     let remote_tier = tier.is_some();
-    if let Some(remote) = tier {
-        let timeout = Duration::from_millis(args.remote.remote_timeout);
-        server.set_remote(RemoteTier::new(remote, timeout));
-    }
+    let options = ServeOptions {
+        cache_bytes,
+        preload: match args.preload {
+            Preload::Open => yolo_store_core::Preload::OnOpen,
+            Preload::All => yolo_store_core::Preload::All,
+            Preload::None => yolo_store_core::Preload::Never,
+        },
+        passthrough: args.passthrough,
+        remote: tier.map(|remote| {
+            RemoteTier::new(remote, Duration::from_millis(args.remote.remote_timeout))
+        }),
+    };
+    let server = ImageServer::new(store, &images, options)
+        .with_context(|| format!("images directory {}", images.display()))?;
     let server = if args.learn.learn {
         let options = LearnOptions {
             window: Duration::from_secs(args.learn.learn_window),
@@ -214,16 +222,10 @@ pub fn run(path: &Path, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         Arc::new(server)
     };
-    let backend = Arc::new(Serve::new(
-        server.clone(),
-        args.preload != Preload::None,
-        args.passthrough,
-    ));
-    let files = backend.verify_all(args.preload == Preload::All)?;
+    let backend = Arc::new(Serve::new(server.clone()));
+    let files = server.verify_all_in_background()?;
     if remote_tier {
-        server
-            .start_remote(args.preload == Preload::All)
-            .context("starting the remote tier")?;
+        server.start_remote().context("starting the remote tier")?;
     }
     eprintln!(
         "yolo-store: checking the identity of {files} VMI file(s) with a boot image in the background{}",

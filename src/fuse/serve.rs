@@ -1,5 +1,7 @@
 //! The serving backend: files come from an [`ImageServer`], which takes
-//! boot-image blocks from the store and everything else from the file.
+//! boot-image blocks from the store and everything else from the file. All
+//! policy (preloads, page cache, passthrough) is the library's; this only
+//! translates its decisions into FUSE open flags.
 
 use std::fs::File;
 use std::io;
@@ -12,25 +14,11 @@ use super::{Backend, OpenAs};
 
 pub struct Serve {
     server: Arc<ImageServer>,
-    preload_on_open: bool,
-    passthrough: bool,
 }
 
 impl Serve {
-    /// `passthrough`: hand files the server adds nothing to to the kernel.
-    pub fn new(server: Arc<ImageServer>, preload_on_open: bool, passthrough: bool) -> Self {
-        Serve {
-            server,
-            preload_on_open,
-            passthrough,
-        }
-    }
-
-    /// Checks every boot image against its file in the background, so
-    /// that VMs find them trusted; with `preload`, then loads each into the
-    /// cache.
-    pub fn verify_all(&self, preload: bool) -> yolo_store_core::Result<usize> {
-        self.server.verify_all_in_background(preload)
+    pub fn new(server: Arc<ImageServer>) -> Self {
+        Serve { server }
     }
 }
 
@@ -38,11 +26,7 @@ impl Backend for Serve {
     type Handle = OpenImage;
 
     fn open(&self, name: &str) -> yolo_store_core::Result<OpenImage> {
-        let image = self.server.open(name)?;
-        if self.preload_on_open {
-            self.server.preload_once(&image);
-        }
-        Ok(image)
+        self.server.open(name)
     }
 
     fn read(&self, image: &OpenImage, offset: u64, size: u32) -> io::Result<Vec<u8>> {
@@ -61,15 +45,14 @@ impl Backend for Serve {
         match self.server.page_cache(image) {
             PageCache::Direct => OpenAs::Flags(FopenFlags::FOPEN_DIRECT_IO),
             PageCache::Buffered { keep } => OpenAs::Flags(buffered(keep)),
-            PageCache::Passthrough { keep } if self.passthrough => OpenAs::Passthrough {
+            PageCache::Passthrough { keep } => OpenAs::Passthrough {
                 fallback: buffered(keep),
             },
-            PageCache::Passthrough { keep } => OpenAs::Flags(buffered(keep)),
         }
     }
 
     fn wants_passthrough(&self) -> bool {
-        self.passthrough
+        self.server.wants_passthrough()
     }
 
     fn backing_file<'a>(&self, image: &'a OpenImage) -> Option<&'a File> {

@@ -177,6 +177,17 @@ pub fn open_file_in(root: &Path, rel: &str) -> Result<File> {
     require_regular(File::from(fd), &path)
 }
 
+/// Opens VMI file `name` of the images directory `images` (canonical):
+/// a valid VMI name, resolving to nothing outside the directory (`..`,
+/// absolute paths, symlinks anywhere on the path) and to nothing but a
+/// regular file, without blocking on a FIFO. Serving, recording and
+/// learning open files only through here.
+pub(crate) fn open_image_file(images: &Path, name: &str) -> Result<(File, PathBuf)> {
+    crate::name::validate_name(name)?;
+    let file = open_file_in(images, name)?;
+    Ok((file, images.join(name)))
+}
+
 /// A path that reads the very file `file` is open on (Linux's
 /// `/proc/self/fd`), for APIs that take a path (BLAKE3's mmap hashing).
 pub fn fd_path(file: &File) -> PathBuf {

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::capture::{write_boot_image, CaptureSource};
+use crate::files::open_image_file;
 use crate::format::BootImage;
 use crate::import::{import, ImportOptions};
 use crate::remote::{push, Remote};
-use crate::serve::open_image_file;
 use crate::store::{lock, Store};
 use crate::trace::Read;
 use crate::trust::FileVersion;

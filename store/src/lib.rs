@@ -58,7 +58,9 @@ pub use remote::{
     RemoteGcReport, RemoteOptions, RemoteTier, RemoteTierStats, Stored,
 };
 pub use repair::{repair, RepairReport};
-pub use serve::{ImageServer, OpenImage, PageCache, PassthroughOutcome, ServeStats};
+pub use serve::{
+    ImageServer, OpenImage, PageCache, PassthroughOutcome, Preload, ServeOptions, ServeStats,
+};
 pub use stats::{stats, StoreStats, VmiStats};
 pub use store::{ChunkInfo, Store, StoreConfig};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 
 use crate::capture::{write_boot_image, CaptureSource};
 use crate::files::images_dir;
+use crate::files::open_image_file;
 use crate::output::{mode_of, write_stream};
-use crate::serve::open_image_file;
 use crate::trace::{write_trace, Read};
 use crate::{Error, Result};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use yolo_store_core::{
     import, BootImage, FileHeader, FileIdentity, FileImage, Follower, ImageServer, ImportOptions,
-    Store,
+    Preload, ServeOptions, Store,
 };
 
 fn content(len: usize, seed: u8) -> Vec<u8> {
@@ -67,7 +67,8 @@ fn a_boot_image_that_copies_a_files_identity_but_not_its_blocks_is_never_served(
     import_image(&store, "vmi", data.len() as u64, genuine, &[3, 1, 4], |b| {
         block_of(&data, b).iter().map(|x| x ^ 0x5A).collect()
     });
-    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
+    let server =
+        ImageServer::new(Follower::open(store.path()).unwrap(), &images, options()).unwrap();
     let _ = server.verify_boot_image("vmi");
     for _ in 0..2 {
         let image = server.open("vmi").unwrap();
@@ -93,7 +94,8 @@ fn checking_a_file_that_is_truncated_meanwhile_does_not_kill_the_server() {
         &[0, 9_000, 100_000],
         |_| zero.clone(),
     );
-    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
+    let server =
+        ImageServer::new(Follower::open(store.path()).unwrap(), &images, options()).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let truncator = {
         let stop = stop.clone();
@@ -138,7 +140,8 @@ fn opening_many_new_files_does_not_take_a_thread_each() {
             |_| zero.clone(),
         );
     }
-    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
+    let server =
+        ImageServer::new(Follower::open(store.path()).unwrap(), &images, options()).unwrap();
     let before = threads();
     let mut most = before;
     for i in 0..files {
@@ -156,7 +159,7 @@ fn opening_many_new_files_does_not_take_a_thread_each() {
 /// A server over `dir`'s store and images, as a mount that (re)starts.
 fn start(dir: &Path) -> ImageServer {
     let store = Follower::open(&dir.join("store")).unwrap();
-    ImageServer::new(store, &dir.join("images"), 1 << 20).unwrap()
+    ImageServer::new(store, &dir.join("images"), options()).unwrap()
 }
 
 #[test]
@@ -221,5 +224,14 @@ fn a_file_changed_inside_its_recorded_blocks_is_never_served_and_outside_them_st
         }
         // The recorded block back, for the next round.
         std::fs::write(&path, &outside).unwrap();
+    }
+}
+
+/// A small cache and no preloads: these tests look at what opens decide.
+fn options() -> ServeOptions {
+    ServeOptions {
+        cache_bytes: 1 << 20,
+        preload: Preload::Never,
+        ..ServeOptions::default()
     }
 }

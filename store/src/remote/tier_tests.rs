@@ -9,7 +9,7 @@ use super::*;
 use crate::follower::Follower;
 use crate::import::{import, ImportOptions};
 use crate::remote::{push, Remote, RemoteOptions};
-use crate::serve::ImageServer;
+use crate::serve::{ImageServer, Preload, ServeOptions};
 use crate::testing::family_image as image;
 
 /// Node A pushed `vmi` (its boot image every block of `data`, the file
@@ -37,11 +37,17 @@ fn setup(data_seed: u64, pushed_seed: u64) -> (tempfile::TempDir, Vec<u8>, Arc<I
     .unwrap();
     let b = tmp.path().join("b");
     drop(Store::open_or_create(&b, None).unwrap());
-    let mut server = ImageServer::new(Follower::open(&b).unwrap(), &images, 1 << 20).unwrap();
     let remote = Remote::open(&url, RemoteOptions::default()).unwrap();
-    server.set_remote(RemoteTier::new(remote, Duration::from_secs(5)));
+    let options = ServeOptions {
+        cache_bytes: 1 << 20,
+        // The tests count what reads fetch.
+        preload: Preload::Never,
+        passthrough: false,
+        remote: Some(RemoteTier::new(remote, Duration::from_secs(5))),
+    };
+    let server = ImageServer::new(Follower::open(&b).unwrap(), &images, options).unwrap();
     let server = Arc::new(server);
-    assert!(server.remote_round(false));
+    assert!(server.remote_round());
     (tmp, data, server)
 }
 

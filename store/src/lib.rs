@@ -62,7 +62,7 @@ pub use serve::{
     ImageServer, OpenImage, PageCache, PassthroughOutcome, Preload, ServeOptions, ServeStats,
 };
 pub use stats::{stats, StoreStats, VmiStats};
-pub use store::{ChunkInfo, Store, StoreConfig};
+pub use store::{ChunkInfo, Store, StoreConfig, Table};
 pub use trace::{blocks_in_access_order, parse_trace, write_trace, Read};
 pub use trust::{blocks_match, FileVersion};
 pub use verify::{verify, DamagedChunk, Place, Problem, VerifyReport};

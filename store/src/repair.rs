@@ -14,9 +14,7 @@ use serde::Serialize;
 use crate::id::{ChunkId, FileIdentity};
 use crate::manifest::Manifest;
 use crate::name::validate_name;
-use crate::store::{
-    pack_key, ChunkInfo, Gap, Readable, Store, CF_MANIFESTS, CF_NUMBERS, CF_PACKS, CF_REFS,
-};
+use crate::store::{ChunkInfo, Gap, Readable, Store, Table};
 use crate::verify::{Place, Problem, VerifyReport};
 use crate::Result;
 
@@ -69,7 +67,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
     // known: a rebuilt chunk keeps its recorded refcount.
     let every_manifest_read = !report.problems.iter().any(|p| match p {
         Problem::BadManifest { .. } => true,
-        Problem::UnreadableRecords { column_family, .. } => column_family == CF_MANIFESTS,
+        Problem::UnreadableRecords { column_family, .. } => *column_family == Table::Manifests,
         _ => false,
     });
     let mut todo: Vec<(&ChunkId, &Vec<String>)> = Vec::new();
@@ -101,12 +99,12 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
                     }
                 }
             }
-            Problem::UnreadableRecords { column_family, .. } if column_family == CF_REFS => {
+            Problem::UnreadableRecords { column_family, .. } if *column_family == Table::Refs => {
                 fix.damaged_refs = true;
             }
             Problem::UnreadableRecords { column_family, .. }
             | Problem::BadRecord { column_family, .. }
-                if column_family == CF_NUMBERS =>
+                if *column_family == Table::Numbers =>
             {
                 fix.damaged_numbers = true;
             }
@@ -257,7 +255,7 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<u64> {
         }
     }
     for range in &tables {
-        batch.delete_range(CF_REFS, range)?;
+        batch.delete_range(Table::Refs, range)?;
         for (id, info) in &infos {
             if (&range.0[..]..=&range.1[..]).contains(&&id.as_bytes()[..]) {
                 batch.put_refs(id, info)?;
@@ -272,7 +270,7 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<u64> {
         _ => Vec::new(),
     };
     for range in &number_tables {
-        batch.delete_range(CF_NUMBERS, range)?;
+        batch.delete_range(Table::Numbers, range)?;
     }
     let mut numbers_rewritten = 0;
     if fix.damaged_numbers {
@@ -347,10 +345,10 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<u64> {
     }
     store.write(batch)?;
     for range in &tables {
-        store.drop_tables(CF_REFS, range)?;
+        store.drop_tables(Table::Refs, range)?;
     }
     for range in &number_tables {
-        store.drop_tables(CF_NUMBERS, range)?;
+        store.drop_tables(Table::Numbers, range)?;
     }
     // With every damaged pack deleted, a scan of their table files' ranges
     // fails only on a damaged block of a table (a deleted key's blob is not
@@ -362,14 +360,9 @@ fn rewrite(store: &Store, fix: &Fix) -> Result<u64> {
         return Ok(numbers_rewritten);
     };
     if fix.damaged_packs.is_subset(&deleted) {
-        let packs = Gap {
-            column_family: CF_PACKS.into(),
-            after: low.checked_sub(1).map(|id| pack_key(id).to_vec()),
-            before: Some(pack_key(high.saturating_add(1)).to_vec()),
-            why: String::new(),
-        };
+        let packs = Gap::packs(low, high, String::new());
         for range in store.tables_holding(&packs)?.unwrap_or_default() {
-            store.rewrite_unreadable_range(CF_PACKS, &range)?;
+            store.rewrite_unreadable_range(Table::Packs, &range)?;
         }
     }
     Ok(numbers_rewritten)

@@ -37,11 +37,43 @@ use crate::manifest::{varint, ChunkRef, Manifest, StoredManifest};
 use crate::pack::{decode_pack, encode_pack, Pack};
 use crate::{Error, Result};
 
-pub(crate) const CF_META: &str = "meta";
-pub(crate) const CF_PACKS: &str = "packs";
-pub(crate) const CF_REFS: &str = "refs";
-pub(crate) const CF_MANIFESTS: &str = "manifests";
-pub(crate) const CF_NUMBERS: &str = "numbers";
+// The column families: their names are the schema's, private to this
+// module; operations name a table by [`Table`].
+const CF_META: &str = Table::Meta.name();
+const CF_PACKS: &str = Table::Packs.name();
+const CF_REFS: &str = Table::Refs.name();
+const CF_MANIFESTS: &str = Table::Manifests.name();
+const CF_NUMBERS: &str = Table::Numbers.name();
+
+/// The store's tables (RocksDB column families), as verify, repair and
+/// their reports name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    Meta,
+    Packs,
+    Refs,
+    Numbers,
+    Manifests,
+}
+
+impl Table {
+    const fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Packs => "packs",
+            Table::Refs => "refs",
+            Table::Numbers => "numbers",
+            Table::Manifests => "manifests",
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 const CONFIG_KEY: &[u8] = b"config";
 /// `meta` key of the next pack id (u64 LE). Kept, not derived from the last
 /// pack, so an id is never reused after gc deletes the newest pack: a mount
@@ -160,7 +192,7 @@ fn decode_number_record(bytes: &[u8]) -> Option<ChunkRef> {
     (at == bytes.len()).then_some(ChunkRef { id, len })
 }
 
-pub(crate) fn number_key(number: u32) -> [u8; 4] {
+fn number_key(number: u32) -> [u8; 4] {
     number.to_be_bytes()
 }
 
@@ -177,17 +209,27 @@ pub(crate) struct NewPack {
 /// the first, to the last).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Gap {
-    pub column_family: String,
+    pub table: Table,
     pub after: Option<Vec<u8>>,
     pub before: Option<Vec<u8>>,
     pub why: String,
 }
 
 impl Gap {
+    /// The packs from id `low` to `high`, both included.
+    pub(crate) fn packs(low: u64, high: u64, why: String) -> Self {
+        Gap {
+            table: Table::Packs,
+            after: low.checked_sub(1).map(|id| pack_key(id).to_vec()),
+            before: Some(pack_key(high.saturating_add(1)).to_vec()),
+            why,
+        }
+    }
+
     fn into_error(self) -> Error {
         Error::CorruptStore(format!(
             "records of {} are unreadable ({}); run `yolo-store verify`",
-            self.column_family, self.why
+            self.table, self.why
         ))
     }
 }
@@ -246,6 +288,11 @@ fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next
+}
+
+/// A `numbers` key as reports show it.
+pub(crate) fn number_key_text(number: u32) -> String {
+    hex(&number_key(number))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -344,11 +391,11 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Deletes every key of `cf` from `first` to `last`, both included.
-    pub fn delete_range(&mut self, cf: &str, (first, last): &KeyRange) -> Result<()> {
+    /// Deletes every key of `table` from `first` to `last`, both included.
+    pub fn delete_range(&mut self, table: Table, (first, last): &KeyRange) -> Result<()> {
         // The end of a range deletion is exclusive: the key right after.
         self.inner
-            .delete_range_cf(self.store.cf(cf)?, first, &successor(last));
+            .delete_range_cf(self.store.cf(table.name())?, first, &successor(last));
         Ok(())
     }
 }
@@ -363,7 +410,7 @@ fn content_checked() -> ReadOptions {
     options
 }
 
-pub(crate) fn pack_key(id: u64) -> [u8; 8] {
+fn pack_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
@@ -700,7 +747,7 @@ impl Store {
     /// out: the manifests that name it fail to resolve, and say which.
     fn chunk_numbers(&self) -> Result<(HashMap<u32, ChunkRef>, Option<Gap>)> {
         let mut out = HashMap::new();
-        let gap = self.scan(CF_NUMBERS, |key, value| {
+        let gap = self.scan(Table::Numbers, |key, value| {
             if let (Ok(key), Some(chunk)) = (<[u8; 4]>::try_from(key), decode_number_record(value))
             {
                 out.insert(u32::from_be_bytes(key), chunk);
@@ -749,7 +796,7 @@ impl Store {
         if let Some(gap) = gap {
             return Err(gap.into_error());
         }
-        let gap = self.scan(CF_MANIFESTS, |key, value| {
+        let gap = self.scan(Table::Manifests, |key, value| {
             each(&String::from_utf8_lossy(key), resolve(value, &numbers))
         })?;
         match gap {
@@ -766,7 +813,7 @@ impl Store {
     pub(crate) fn readable_manifests(&self) -> Result<(NamedManifests, Option<Gap>)> {
         let (numbers, _) = self.chunk_numbers()?;
         let mut out = Vec::new();
-        let gap = self.scan(CF_MANIFESTS, |key, value| {
+        let gap = self.scan(Table::Manifests, |key, value| {
             out.push((
                 String::from_utf8_lossy(key).into_owned(),
                 resolve(value, &numbers),
@@ -800,7 +847,7 @@ impl Store {
     /// names them, `repair` works around them).
     pub(crate) fn readable_chunk_infos(&self) -> Result<RefsScan> {
         let (mut infos, mut bad) = (Vec::new(), Vec::new());
-        let gap = self.scan(CF_REFS, |key, value| {
+        let gap = self.scan(Table::Refs, |key, value| {
             let Some(id) = ChunkId::from_slice(key) else {
                 bad.push((hex(key), format!("a {}-byte key", key.len())));
                 return;
@@ -832,18 +879,18 @@ impl Store {
     /// RocksDB can read. A damaged SST block stops an iterator for good,
     /// so past one the rest is read backwards from the end, and the keys
     /// in between are returned as the [`Gap`] nothing could read.
-    fn scan(&self, name: &str, each: impl FnMut(&[u8], &[u8])) -> Result<Option<Gap>> {
-        self.scan_range(name, None, each)
+    fn scan(&self, table: Table, each: impl FnMut(&[u8], &[u8])) -> Result<Option<Gap>> {
+        self.scan_range(table, None, each)
     }
 
     /// [`Store::scan`], of the keys of `range` only (all if `None`).
     fn scan_range(
         &self,
-        name: &str,
+        table: Table,
         range: Option<&KeyRange>,
         mut each: impl FnMut(&[u8], &[u8]),
     ) -> Result<Option<Gap>> {
-        let cf = self.cf(name)?;
+        let cf = self.cf(table.name())?;
         let bounded = || {
             let mut opts = ReadOptions::default();
             if let Some((first, last)) = range {
@@ -881,7 +928,7 @@ impl Store {
         match backward.status() {
             Ok(()) => Ok(None),
             Err(e) if damaged(&e) => Ok(Some(Gap {
-                column_family: name.to_string(),
+                table,
                 after,
                 before,
                 why,
@@ -1069,7 +1116,7 @@ impl Store {
             };
             let overlaps = gap.after.as_ref().is_none_or(|after| last > *after)
                 && gap.before.as_ref().is_none_or(|before| first < *before);
-            if file.column_family_name != gap.column_family || !overlaps {
+            if file.column_family_name != gap.table.name() || !overlaps {
                 continue;
             }
             if file.level == 0 {
@@ -1080,31 +1127,32 @@ impl Store {
         Ok(Some(out))
     }
 
-    /// If some records of `cf` in `range` do not read (a damaged block of a
+    /// If some records of `table` in `range` do not read (a damaged block of a
     /// table file: a damaged blob whose key is deleted is not read), writes
     /// back every one that does over a deletion of the range, in one synced
     /// batch, then drops the table files inside the range. True if it did.
-    pub(crate) fn rewrite_unreadable_range(&self, cf: &str, range: &KeyRange) -> Result<bool> {
+    pub(crate) fn rewrite_unreadable_range(&self, table: Table, range: &KeyRange) -> Result<bool> {
         let mut batch = self.batch();
-        batch.delete_range(cf, range)?;
-        let handle = self.cf(cf)?;
-        let gap = self.scan_range(cf, Some(range), |key, value| {
+        batch.delete_range(table, range)?;
+        let handle = self.cf(table.name())?;
+        let gap = self.scan_range(table, Some(range), |key, value| {
             batch.inner.put_cf(handle, key, value);
         })?;
         if gap.is_none() {
             return Ok(false);
         }
         self.write(batch)?;
-        self.drop_tables(cf, range)?;
+        self.drop_tables(table, range)?;
         Ok(true)
     }
 
-    /// Drops the table files of `cf` whose keys all lie from `first` to
+    /// Drops the table files of `table` whose keys all lie from `first` to
     /// `last`, so a damaged block in one stops failing every scan and
     /// compaction. The caller has first written back, over a deletion of
     /// the range, every record of the range that could still be read.
-    pub(crate) fn drop_tables(&self, cf: &str, (first, last): &KeyRange) -> Result<()> {
-        self.db.delete_file_in_range_cf(self.cf(cf)?, first, last)?;
+    pub(crate) fn drop_tables(&self, table: Table, (first, last): &KeyRange) -> Result<()> {
+        self.db
+            .delete_file_in_range_cf(self.cf(table.name())?, first, last)?;
         Ok(())
     }
 

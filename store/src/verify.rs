@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
 use crate::pack::decode_pack;
-use crate::store::{hex, number_key, ChunkInfo, Gap, Readable, Store, CF_NUMBERS, CF_REFS};
+use crate::store::{hex, number_key_text, ChunkInfo, Gap, Readable, Store, Table};
 use crate::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,7 +53,7 @@ pub enum Problem {
     /// the column family after `after` and before `before` (absent: from
     /// the first, to the last).
     UnreadableRecords {
-        column_family: String,
+        column_family: Table,
         #[serde(skip_serializing_if = "Option::is_none")]
         after: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +75,7 @@ pub enum Problem {
     },
     /// A record that does not decode.
     BadRecord {
-        column_family: String,
+        column_family: Table,
         key: String,
         why: String,
     },
@@ -258,7 +258,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     let mut infos: HashMap<ChunkId, ChunkInfo> = scan.infos.into_iter().collect();
     for (key, why) in scan.bad {
         report.problems.push(Problem::BadRecord {
-            column_family: CF_REFS.into(),
+            column_family: Table::Refs,
             key,
             why,
         });
@@ -321,8 +321,8 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     misnumbered.sort_unstable_by_key(|(_, n)| *n);
     for (id, number) in misnumbered {
         report.problems.push(Problem::BadRecord {
-            column_family: CF_NUMBERS.into(),
-            key: hex(&number_key(number)),
+            column_family: Table::Numbers,
+            key: number_key_text(number),
             why: format!("chunk {id} has number {number}, and no numbers record says so"),
         });
     }
@@ -406,7 +406,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
 
 fn unreadable(gap: Gap, show: impl Fn(&[u8]) -> String) -> Problem {
     Problem::UnreadableRecords {
-        column_family: gap.column_family,
+        column_family: gap.table,
         after: gap.after.as_deref().map(&show),
         before: gap.before.as_deref().map(&show),
         why: gap.why,

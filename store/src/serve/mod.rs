@@ -59,7 +59,7 @@ pub use stats::ServeStats;
 
 /// How a server serves (`mount`'s options, as the library takes them).
 pub struct ServeOptions {
-    /// The chunk cache's budget.
+    /// The chunk cache's budget (`mount --cache-size`, 1 GiB by default).
     pub cache_bytes: usize,
     pub preload: Preload,
     /// Files the server adds nothing to are handed to the kernel (FUSE
@@ -73,7 +73,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            cache_bytes: 256 << 20,
+            cache_bytes: 1 << 30,
             preload: Preload::default(),
             passthrough: false,
             remote: None,

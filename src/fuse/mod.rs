@@ -540,7 +540,7 @@ fn errno_of(e: &yolo_store_core::Error) -> Errno {
             .map(Errno::from_i32)
             .unwrap_or(Errno::EIO),
         yolo_store_core::Error::Format(yolo_store_core::FormatError::Name { .. })
-        | yolo_store_core::Error::Invalid(_) => Errno::EACCES,
+        | yolo_store_core::Error::File(_) => Errno::EACCES,
         _ => Errno::EIO,
     }
 }

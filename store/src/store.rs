@@ -565,9 +565,7 @@ impl Store {
             .count() as u64;
         let mut next = self.next_number.fetch_add(fresh, Ordering::Relaxed);
         if next.saturating_add(fresh) > u64::from(u32::MAX) + 1 {
-            return Err(Error::Invalid(
-                "the store has given out 2^32 chunk numbers; import into a new store".into(),
-            ));
+            return Err(Error::NumbersExhausted);
         }
         let chunk_numbers: Vec<u32> = chunks
             .iter()
@@ -1397,7 +1395,7 @@ fn finish_creation(path: &Path, config: StoreConfig) -> Result<()> {
             )));
         }
     }
-    let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec(&config).map_err(Error::ConfigEncoding)?;
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.put_cf_opt(meta, CONFIG_KEY, json, &opts)?;

@@ -189,14 +189,20 @@ mod tests {
         std::fs::write(&target, b"kept").unwrap();
         let link = dir.path().join("link");
         symlink(&target, &link).unwrap();
-        assert!(put(&link, b"x").is_err());
+        let refused = |r: Result<()>, what: &str| {
+            matches!(r, Err(Error::Output(OutputFault::NotAFile { what: w, .. })) if w.starts_with(what))
+        };
+        assert!(refused(put(&link, b"x"), "a symlink"));
         assert!(std::fs::symlink_metadata(&link)
             .unwrap()
             .file_type()
             .is_symlink());
         assert_eq!(std::fs::read(&target).unwrap(), b"kept");
-        assert!(put(dir.path(), b"x").is_err());
-        assert!(put(Path::new("/dev/null"), b"x").is_err());
-        assert!(write_file(Path::new(STDOUT), PRIVATE_MODE, |_| Ok(())).is_err());
+        assert!(refused(put(dir.path(), b"x"), "a directory"));
+        assert!(refused(put(Path::new("/dev/null"), b"x"), "a device"));
+        assert!(matches!(
+            write_file(Path::new(STDOUT), PRIVATE_MODE, |_| Ok(())),
+            Err(Error::Output(OutputFault::SparseToStdout))
+        ));
     }
 }

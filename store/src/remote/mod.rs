@@ -586,7 +586,7 @@ mod key_tests {
 
 #[cfg(test)]
 mod url_tests {
-    use super::{has_userinfo, redact, Remote, RemoteOptions};
+    use super::{has_userinfo, redact, Error, Remote, RemoteFault, RemoteOptions};
 
     #[test]
     fn credentials_in_a_url_are_refused_and_never_printed() {
@@ -597,6 +597,9 @@ mod url_tests {
         let Err(err) = Remote::open(url, RemoteOptions::default()) else {
             panic!("a URL with credentials was accepted");
         };
+        assert!(
+            matches!(&err, Error::Remote { fault, .. } if matches!(**fault, RemoteFault::CredentialsInUrl))
+        );
         let text = err.to_string();
         assert!(
             !text.contains("s3cr3t") && !text.contains("AKIAEXAMPLE"),

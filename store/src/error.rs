@@ -10,8 +10,10 @@ use std::path::PathBuf;
 
 use yolo_store_format::FormatError;
 
+use crate::chunking::{Chunking, FASTCDC_VERSION};
 use crate::id::ChunkId;
 use crate::remote::RemoteFault;
+use crate::store::STORE_FORMAT;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -54,8 +56,8 @@ pub enum Error {
     #[error("store metadata is corrupt: {0}")]
     CorruptStore(String),
 
-    #[error("store at {path} is not usable: {why}")]
-    StoreConfig { path: PathBuf, why: String },
+    #[error("store at {path} is not usable: {fault}")]
+    StoreConfig { path: PathBuf, fault: StoreFault },
 
     #[error("store at {0} was never finished being created (no config record); `yolo-store init` or an import finishes it")]
     UnfinishedStore(PathBuf),
@@ -70,14 +72,14 @@ pub enum Error {
 
     /// gc will not run on refcounts it cannot trust.
     #[error("gc refused: {0}; run `yolo-store verify --repair --images DIR` first")]
-    GcRefused(String),
+    GcRefused(GcRefusal),
 
     #[error("store at {0} is being changed by another yolo-store process")]
     Busy(PathBuf),
 
-    /// From RocksDB (converted in store.rs).
+    /// From RocksDB (converted in store.rs); its `kind()` says which.
     #[error("RocksDB: {0}")]
-    Db(String),
+    Db(#[source] rocksdb::Error),
 
     /// `remote` is the remote's URL, credentials never included. Boxed:
     /// the object store's errors are large, and every `Result` carries one.
@@ -126,6 +128,65 @@ pub enum FileFault {
     /// A VMI whose identity changed while its boot image was written.
     #[error("{} changed while its boot image was being written", .0.display())]
     Changed(PathBuf),
+}
+
+/// Why a directory is not a store this build can use (nothing in it was
+/// changed).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFault {
+    #[error("it is not a directory")]
+    NotADirectory,
+    /// A directory that holds `first` (and maybe more) but no store.
+    #[error("the directory holds other files ({first:?}, ...) and no store; give an empty or new directory")]
+    OtherFiles { first: std::ffi::OsString },
+    #[error("no store here (import something first, or pass --store)")]
+    NoStore,
+    /// Opened with settings other than those it was created with.
+    #[error("it was created with chunking {chunking} and zstd level {zstd_level}; a store's settings cannot change")]
+    SettingsDiffer { chunking: Chunking, zstd_level: i32 },
+    /// Chunked by another fastcdc version: boundaries could differ, and
+    /// new imports would not deduplicate against the old.
+    #[error("it was chunked with fastcdc {found} but this build has {FASTCDC_VERSION}; boundaries could differ")]
+    FastcdcVersion { found: String },
+    #[error(
+        "store format {0} is not supported (this build reads {STORE_FORMAT}); \
+         it is not converted in place: with the build that made it, `yolo-store export` \
+         each VMI's boot image (or keep the .yolo files), then `yolo-store import` them \
+         into a new store"
+    )]
+    UnsupportedFormat(u32),
+}
+
+/// Why gc refused to plan: it deletes what refcounts call garbage, so
+/// they must agree with the manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum GcRefusal {
+    #[error("the manifest of {name:?} is unreadable ({why})")]
+    UnreadableManifest { name: String, why: Box<Error> },
+    /// The first disagreement found, and how many more there are.
+    #[error("the refcounts disagree with the manifests ({first}{})", more_text(*.more))]
+    RefcountsDisagree { first: Disagreement, more: usize },
+}
+
+fn more_text(more: usize) -> String {
+    if more > 0 {
+        format!(", and {more} more")
+    } else {
+        String::new()
+    }
+}
+
+/// A chunk whose refs record disagrees with the manifests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Disagreement {
+    #[error("chunk {id}: {recorded} recorded, {actual} manifest(s) use it")]
+    Count {
+        id: ChunkId,
+        recorded: u64,
+        actual: u64,
+    },
+    #[error("chunk {0}: no refs record, a manifest uses it")]
+    NoRecord(ChunkId),
 }
 
 /// An output refused (`output.rs`): nothing was written.

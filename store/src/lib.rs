@@ -37,7 +37,9 @@ pub mod testing;
 pub use cache::{CacheStats, ChunkCache};
 pub use capture::{write_boot_image, CaptureSource};
 pub use chunking::{Chunking, FASTCDC_VERSION};
-pub use error::{Error, FileFault, OutputFault, Result, UsageFault};
+pub use error::{
+    Disagreement, Error, FileFault, GcRefusal, OutputFault, Result, StoreFault, UsageFault,
+};
 pub use export::{export, extract};
 pub use files::{images_dir, list_dir_in, metadata_in, open_file_in, open_regular, EntryKind};
 pub use follower::Follower;

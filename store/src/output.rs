@@ -189,9 +189,7 @@ mod tests {
         std::fs::write(&target, b"kept").unwrap();
         let link = dir.path().join("link");
         symlink(&target, &link).unwrap();
-        let refused = |r: Result<()>, what: &str| {
-            matches!(r, Err(Error::Output(OutputFault::NotAFile { what: w, .. })) if w.starts_with(what))
-        };
+        let refused = |r: Result<()>, what: &str| matches!(r, Err(Error::Output(OutputFault::NotAFile { what: w, .. })) if w.starts_with(what));
         assert!(refused(put(&link, b"x"), "a symlink"));
         assert!(std::fs::symlink_metadata(&link)
             .unwrap()

@@ -32,6 +32,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::{Chunking, FASTCDC_VERSION};
+use crate::error::StoreFault;
 use crate::id::ChunkId;
 use crate::manifest::{varint, ChunkRef, Manifest, StoredManifest};
 use crate::pack::{decode_pack, encode_pack, Pack};
@@ -428,10 +429,10 @@ impl Store {
             if wanted != store.config {
                 return Err(Error::StoreConfig {
                     path: path.to_path_buf(),
-                    why: format!(
-                        "it was created with chunking {} and zstd level {}; a store's settings cannot change",
-                        store.config.chunking, store.config.zstd_level
-                    ),
+                    fault: StoreFault::SettingsDiffer {
+                        chunking: store.config.chunking,
+                        zstd_level: store.config.zstd_level,
+                    },
                 });
             }
         }
@@ -496,10 +497,9 @@ impl Store {
         {
             return Err(Error::StoreConfig {
                 path: path.to_path_buf(),
-                why: format!(
-                    "it was chunked with fastcdc {} but this build has {FASTCDC_VERSION}; boundaries could differ",
-                    config.fastcdc_version
-                ),
+                fault: StoreFault::FastcdcVersion {
+                    found: config.fastcdc_version.clone(),
+                },
             });
         }
         let counter = |key: &[u8], first: u64| -> Result<u64> {
@@ -1281,12 +1281,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn unsupported_format(path: &Path, format: u32) -> Error {
     Error::StoreConfig {
         path: path.to_path_buf(),
-        why: format!(
-            "store format {format} is not supported (this build reads {STORE_FORMAT}); \
-             it is not converted in place: with the build that made it, `yolo-store export` \
-             each VMI's boot image (or keep the .yolo files), then `yolo-store import` them \
-             into a new store"
-        ),
+        fault: StoreFault::UnsupportedFormat(format),
     }
 }
 
@@ -1325,7 +1320,7 @@ fn prepare_store_dir(path: &Path) -> Result<()> {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(Error::StoreConfig {
             path: path.to_path_buf(),
-            why: "it is not a directory".into(),
+            fault: StoreFault::NotADirectory,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
             .recursive(true)
@@ -1363,10 +1358,7 @@ fn refuse_foreign_files(path: &Path) -> Result<()> {
         if !rocksdb_file(&name.to_string_lossy()) {
             return Err(Error::StoreConfig {
                 path: path.to_path_buf(),
-                why: format!(
-                    "the directory holds other files ({:?}, ...) and no store; give an empty or new directory",
-                    name
-                ),
+                fault: StoreFault::OtherFiles { first: name },
             });
         }
     }
@@ -1408,13 +1400,13 @@ fn require_store(path: &Path) -> Result<()> {
     }
     Err(Error::StoreConfig {
         path: path.to_path_buf(),
-        why: "no store here (import something first, or pass --store)".into(),
+        fault: StoreFault::NoStore,
     })
 }
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        Error::Db(e.into_string())
+        Error::Db(e)
     }
 }
 
@@ -1583,6 +1575,16 @@ mod tests {
             Store::open_read_only(&path).err().unwrap(),
             Store::open_or_create(&path, None).err().unwrap(),
         ] {
+            assert!(
+                matches!(
+                    opened,
+                    Error::StoreConfig {
+                        fault: StoreFault::UnsupportedFormat(2),
+                        ..
+                    }
+                ),
+                "{opened}"
+            );
             let why = opened.to_string();
             assert!(why.contains("store format 2 is not supported"), "{why}");
             assert!(why.contains("export") && why.contains("new store"), "{why}");
@@ -1601,6 +1603,11 @@ mod tests {
         fs::write(path.join("notes.txt"), b"mine").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o1777)).unwrap();
         let err = Store::open_or_create(&path, None).err().unwrap();
+        assert!(
+            matches!(&err, Error::StoreConfig { fault: StoreFault::OtherFiles { first }, .. }
+                if first == "notes.txt"),
+            "{err}"
+        );
         assert!(err.to_string().contains("other files"), "{err}");
         let names: Vec<_> = fs::read_dir(&path)
             .unwrap()
@@ -1639,6 +1646,16 @@ mod tests {
         let file = dir.path().join("file");
         fs::write(&file, b"x").unwrap();
         let err = Store::open_or_create(&file, None).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                Error::StoreConfig {
+                    fault: StoreFault::NotADirectory,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("not a directory"), "{err}");
     }
 

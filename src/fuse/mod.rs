@@ -533,14 +533,51 @@ fn nix_statvfs(path: &std::path::Path) -> io::Result<(u64, u64, u64, u64, u64, u
     ))
 }
 
+/// The errno a VM sees, by the error's kind: the OS's own for I/O; a
+/// name outside the rules, a symlink, or what is not a regular file is
+/// refused (`EACCES`), as the images directory's rules say; the rest is
+/// the store failing (`EIO`).
 fn errno_of(e: &yolo_store_core::Error) -> Errno {
+    use yolo_store_core::{Error, FileFault, FormatError};
     match e {
-        yolo_store_core::Error::Io { source, .. } => source
+        Error::Io { source, .. } => source
             .raw_os_error()
             .map(Errno::from_i32)
             .unwrap_or(Errno::EIO),
-        yolo_store_core::Error::Format(yolo_store_core::FormatError::Name { .. })
-        | yolo_store_core::Error::Invalid(_) => Errno::EACCES,
+        Error::Format(FormatError::Name { .. })
+        | Error::File(
+            FileFault::Symlink(_)
+            | FileFault::NotRegular(_)
+            | FileFault::ImagesDirectory
+            | FileFault::NotADirectory(_),
+        ) => Errno::EACCES,
         _ => Errno::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Errors made by the core's own calls on real files, so a kind that
+    /// moves is caught here rather than by a VM.
+    #[test]
+    fn errno_follows_the_kind_of_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("vmi"), b"data").unwrap();
+        std::os::unix::fs::symlink(root.join("vmi"), root.join("link")).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        let errno = |rel: &str| errno_of(&yolo_store_core::open_file_in(root, rel).unwrap_err());
+        assert_eq!(errno("link"), Errno::EACCES, "a symlink");
+        assert_eq!(errno("sub"), Errno::EACCES, "not a regular file");
+        assert_eq!(errno(""), Errno::EACCES, "the images directory itself");
+        assert_eq!(errno("absent"), Errno::ENOENT, "the OS's own errno");
+        let name = yolo_store_core::validate_name("../escape").unwrap_err();
+        assert_eq!(errno_of(&name.into()), Errno::EACCES, "a name refused");
+        let chunk = yolo_store_core::Error::MissingChunk {
+            id: yolo_store_core::ChunkId::of(b"x"),
+        };
+        assert_eq!(errno_of(&chunk), Errno::EIO, "the store failing");
     }
 }

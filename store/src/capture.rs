@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::FileFault;
 use crate::files::fd_path;
 use crate::format::{validate_block_size, BootImageWriter, FileHeader};
 use crate::id::FileIdentity;
@@ -83,10 +84,7 @@ pub fn write_boot_image(out: &Path, block_size: u32, sources: &[CaptureSource]) 
                 writer.write_data(&buf[..len])?;
             }
             if identity_of(&source.file, &source.path)? != source.header.identity {
-                return Err(Error::Invalid(format!(
-                    "{} changed while its boot image was being written",
-                    source.path.display()
-                )));
+                return Err(FileFault::Changed(source.path.clone()).into());
             }
         }
         writer.finish()?;

@@ -5,6 +5,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::error::UsageFault;
 use crate::format::BootImageWriter;
 use crate::manifest::Manifest;
 use crate::output::{write_file, write_stream, PRIVATE_MODE};
@@ -40,7 +41,7 @@ pub fn export(store: &Store, names: &[String], out: &Path) -> Result<()> {
     for (i, name) in names.iter().enumerate() {
         if names[..i].contains(name) {
             // A .yolo naming one file twice is one import refuses.
-            return Err(Error::Invalid(format!("{name:?} is given twice")));
+            return Err(UsageFault::NameTwice(name.clone()).into());
         }
     }
     let manifests = names
@@ -49,12 +50,10 @@ pub fn export(store: &Store, names: &[String], out: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let block_size = match manifests.first() {
         Some((_, m)) => m.block_size,
-        None => return Err(Error::Invalid("nothing to export".into())),
+        None => return Err(UsageFault::NothingToExport.into()),
     };
     if manifests.iter().any(|(_, m)| m.block_size != block_size) {
-        return Err(Error::Invalid(
-            "these boot images have different block sizes; export them separately".into(),
-        ));
+        return Err(UsageFault::MixedBlockSizes.into());
     }
     write_stream(out, PRIVATE_MODE, |w| {
         let mut writer = BootImageWriter::new(w, block_size, manifests.len() as u32)?;

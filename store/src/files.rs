@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::FileFault;
 use crate::{Error, Result};
 
 /// The images directory of a mount, canonical, refused unless it is a
@@ -20,10 +21,7 @@ pub fn images_dir(path: &Path) -> Result<PathBuf> {
     let images = path.canonicalize().map_err(|e| Error::io(path, e))?;
     let meta = std::fs::metadata(&images).map_err(|e| Error::io(&images, e))?;
     if !meta.is_dir() {
-        return Err(Error::Invalid(format!(
-            "{} is not a directory (--images names the directory holding the VMI files)",
-            path.display()
-        )));
+        return Err(FileFault::NotADirectory(path.to_path_buf()).into());
     }
     Ok(images)
 }
@@ -43,10 +41,7 @@ pub fn open_regular(path: &Path) -> Result<File> {
 fn require_regular(file: File, path: &Path) -> Result<File> {
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::Invalid(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
+        return Err(FileFault::NotRegular(path.to_path_buf()).into());
     }
     Ok(file)
 }
@@ -163,15 +158,13 @@ pub fn open_file_in(root: &Path, rel: &str) -> Result<File> {
         (dir, Some(name)) => {
             openat(&dir, name, libc::O_RDONLY | libc::O_NONBLOCK).map_err(|e| {
                 match e.raw_os_error() {
-                    Some(libc::ELOOP) => {
-                        Error::Invalid(format!("{rel} is a symlink; only plain files are served"))
-                    }
+                    Some(libc::ELOOP) => FileFault::Symlink(rel.to_string()).into(),
                     _ => Error::io(&path, e),
                 }
             })?
         }
         (_, None) => {
-            return Err(Error::Invalid("the images directory is not a file".into()));
+            return Err(FileFault::ImagesDirectory.into());
         }
     };
     require_regular(File::from(fd), &path)

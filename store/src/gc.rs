@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
+use crate::error::{Disagreement, GcRefusal};
 use crate::id::ChunkId;
 use crate::pack::decode_pack;
 use crate::refcount::ManifestChanges;
@@ -53,44 +54,41 @@ pub fn plan_gc(store: &Store) -> Result<GcPlan> {
 /// they agree with the manifests: a chunk in use whose count says 0 would
 /// be lost.
 fn refcounts_agree(store: &Store, infos: &[(ChunkId, ChunkInfo)]) -> Result<()> {
-    let manifests = store.manifests()?;
-    let mut good = Vec::with_capacity(manifests.len());
-    for (name, manifest) in &manifests {
-        match manifest {
-            Ok(m) => good.push((name.as_str(), m)),
-            Err(e) => {
-                return Err(Error::GcRefused(format!(
-                    "the manifest of {name:?} is unreadable ({e})"
-                )))
-            }
+    let mut manifests = store.manifests()?;
+    if let Some(at) = manifests.iter().position(|(_, m)| m.is_err()) {
+        if let (name, Err(e)) = manifests.swap_remove(at) {
+            return Err(Error::GcRefused(GcRefusal::UnreadableManifest {
+                name,
+                why: Box::new(e),
+            }));
         }
     }
+    // Every manifest read (the first that did not is refused above).
+    let good: Vec<_> = manifests
+        .iter()
+        .filter_map(|(name, m)| m.as_ref().ok().map(|m| (name.as_str(), m)))
+        .collect();
     let users = chunk_users(good);
     let mut wrong = infos.iter().filter_map(|(id, info)| {
         let actual = users.get(id).map_or(0, |u| u.len() as u64);
-        (info.refs != actual).then(|| {
-            format!(
-                "chunk {id}: {} recorded, {actual} manifest(s) use it",
-                info.refs
-            )
+        (info.refs != actual).then_some(Disagreement::Count {
+            id: *id,
+            recorded: info.refs,
+            actual,
         })
     });
     let known: HashSet<&ChunkId> = infos.iter().map(|(id, _)| id).collect();
     let mut missing = users
         .keys()
         .filter(|id| !known.contains(id))
-        .map(|id| format!("chunk {id}: no refs record, a manifest uses it"));
+        .map(|id| Disagreement::NoRecord(*id));
     let first = wrong.next().or_else(|| missing.next());
     if let Some(first) = first {
         let more = wrong.count() + missing.count();
-        return Err(Error::GcRefused(format!(
-            "the refcounts disagree with the manifests ({first}{})",
-            if more > 0 {
-                format!(", and {more} more")
-            } else {
-                String::new()
-            }
-        )));
+        return Err(Error::GcRefused(GcRefusal::RefcountsDisagree {
+            first,
+            more,
+        }));
     }
     Ok(())
 }
@@ -273,5 +271,38 @@ mod tests {
         assert_eq!(verified.chunks, 600);
         // Nothing left to collect, and a second gc changes nothing.
         assert!(plan_gc(&store).unwrap().chunks.is_empty());
+    }
+
+    #[test]
+    fn gc_refuses_refcounts_that_disagree_naming_the_first_and_counting_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(&dir.path().join("s"), None).unwrap();
+        import(&store, &image(600, 1), &ImportOptions::default()).unwrap();
+        let chunks = store.manifest("vmi1").unwrap().distinct_chunks();
+        for chunk in &chunks[..3] {
+            store.set_refcount(&chunk.id, 0).unwrap();
+        }
+        let err = plan_gc(&store).unwrap_err();
+        let Error::GcRefused(GcRefusal::RefcountsDisagree {
+            first:
+                Disagreement::Count {
+                    id,
+                    recorded: 0,
+                    actual: 1,
+                },
+            more: 2,
+        }) = err
+        else {
+            panic!("{err}");
+        };
+        assert!(chunks[..3].iter().any(|c| c.id == id));
+        let text = err.to_string();
+        assert!(text.contains(&format!(
+            "chunk {id}: 0 recorded, 1 manifest(s) use it, and 2 more"
+        )));
+        assert!(
+            text.starts_with("gc refused: the refcounts disagree"),
+            "{text}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::error::UsageFault;
 use crate::format::{BootImage, FileImage};
 use crate::id::ChunkId;
 use crate::manifest::{ChunkRef, Manifest};
@@ -58,10 +59,10 @@ struct Cut<'a> {
 
 pub fn import(store: &Store, image: &BootImage, opts: &ImportOptions) -> Result<ImportReport> {
     if opts.name.is_some() && image.files.len() != 1 {
-        return Err(Error::Invalid(format!(
-            "--name needs a boot image with one file; this one has {}",
-            image.files.len()
-        )));
+        return Err(UsageFault::NameNeedsOneFile {
+            files: image.files.len(),
+        }
+        .into());
     }
     let mut done = 0u64;
     let mut cuts = Vec::with_capacity(image.files.len());
@@ -155,7 +156,7 @@ fn commit(store: &Store, block_size: u32, cuts: &[Cut]) -> Result<ImportReport> 
         let batch = manifests_batch(store, &manifests, &mut current);
         flush
             .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("the flush panicked".into())))?;
+            .unwrap_or_else(|_| Err(Error::Panicked { what: "flush" }))?;
         batch
     })?;
     store.write(batch)?;
@@ -226,9 +227,11 @@ fn store_new_chunks(
             }
         }
         drop(to_writer);
-        writer
-            .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("the chunk writer panicked".into())))
+        writer.join().unwrap_or_else(|_| {
+            Err(Error::Panicked {
+                what: "chunk writer",
+            })
+        })
     })
 }
 

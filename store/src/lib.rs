@@ -37,7 +37,9 @@ pub mod testing;
 pub use cache::{CacheStats, ChunkCache};
 pub use capture::{write_boot_image, CaptureSource};
 pub use chunking::{Chunking, FASTCDC_VERSION};
-pub use error::{Error, Result};
+pub use error::{
+    Disagreement, Error, FileFault, GcRefusal, OutputFault, Result, StoreFault, UsageFault,
+};
 pub use export::{export, extract};
 pub use files::{images_dir, list_dir_in, metadata_in, open_file_in, open_regular, EntryKind};
 pub use follower::Follower;
@@ -49,13 +51,13 @@ pub use id::{ChunkId, FileIdentity, ManifestHash};
 pub use import::{import, ImportOptions, ImportReport};
 pub use latency::{LatencyStats, LATENCY_BUCKETS, MAX_VMI_LATENCIES, OTHER_VMIS};
 pub use learn::{LearnOptions, LearnStats, Learner, SPOOL_DIR};
-pub use manifest::{ChunkRef, Manifest, ManifestIndex};
+pub use manifest::{ChunkRef, ChunkTooLong, Manifest, ManifestIndex};
 pub use name::{validate_name, STATUS_FILE};
 pub use output::{check_output, is_stdout, STDOUT};
 pub use record::{RecordedFile, Recorder};
 pub use remote::{
-    pull, push, remote_gc, PullFailure, PullReport, PushReport, Remote, RemoteConfig, RemoteGcPlan,
-    RemoteGcReport, RemoteOptions, RemoteTier, RemoteTierStats, Stored,
+    pull, push, remote_gc, ObjectDefect, PullFailure, PullReport, PushReport, Remote, RemoteConfig,
+    RemoteFault, RemoteGcPlan, RemoteGcReport, RemoteOptions, RemoteTier, RemoteTierStats, Stored,
 };
 pub use repair::{repair, RepairReport};
 pub use serve::{

@@ -16,6 +16,16 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// A manifest from outside names a chunk longer than the store's
+/// chunking ever cuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("chunk {id} is {len} bytes, more than the {max} this store's chunking allows")]
+pub struct ChunkTooLong {
+    pub id: ChunkId,
+    pub len: u32,
+    pub max: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     pub block_size: u32,
@@ -65,12 +75,13 @@ impl Manifest {
     /// Refuses a chunk longer than `max`, the store's chunking maximum:
     /// every length a manifest from outside gives is bounded before it
     /// sizes a buffer.
-    pub fn check_chunk_lens(&self, max: u32) -> std::result::Result<(), String> {
+    pub fn check_chunk_lens(&self, max: u32) -> std::result::Result<(), ChunkTooLong> {
         match self.chunks.iter().find(|c| c.len > max) {
-            Some(c) => Err(format!(
-                "chunk {} is {} bytes, more than the {max} this store's chunking allows",
-                c.id, c.len
-            )),
+            Some(c) => Err(ChunkTooLong {
+                id: c.id,
+                len: c.len,
+                max,
+            }),
             None => Ok(()),
         }
     }

@@ -20,6 +20,7 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::error::OutputFault;
 use crate::{Error, Result};
 
 /// The output path that means standard output.
@@ -46,11 +47,12 @@ pub fn check_output(path: &Path) -> Result<()> {
     if is_stdout(path) {
         return Ok(());
     }
-    let refuse = |what: &str| {
-        Err(Error::Invalid(format!(
-            "{} is {what}; an output may only be a new or regular file (or - for standard output)",
-            path.display()
-        )))
+    let refuse = |what: &'static str| {
+        Err(OutputFault::NotAFile {
+            path: path.to_path_buf(),
+            what,
+        }
+        .into())
     };
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -69,10 +71,7 @@ pub fn check_output(path: &Path) -> Result<()> {
 /// [`write_stream`] for outputs that are written front to back.
 pub fn write_file(path: &Path, mode: u32, write: impl FnOnce(&File) -> Result<()>) -> Result<()> {
     if is_stdout(path) {
-        return Err(Error::Invalid(
-            "this output is written at offsets (sparse) and cannot go to standard output; name a file"
-                .into(),
-        ));
+        return Err(OutputFault::SparseToStdout.into());
     }
     check_output(path)?;
     let dir = path
@@ -81,7 +80,7 @@ pub fn write_file(path: &Path, mode: u32, write: impl FnOnce(&File) -> Result<()
         .unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{} is not a file path", path.display())))?;
+        .ok_or_else(|| OutputFault::NoFileName(path.to_path_buf()))?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         file_name.to_string_lossy(),
@@ -111,9 +110,7 @@ pub fn write_stream(
     if is_stdout(path) {
         let stdout = io::stdout();
         if stdout.is_terminal() {
-            return Err(Error::Invalid(
-                "standard output is a terminal; redirect it, or name a file".into(),
-            ));
+            return Err(OutputFault::StdoutIsTerminal.into());
         }
         let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
         write(&mut w)?;
@@ -177,7 +174,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         std::fs::write(&out, b"precious").unwrap();
-        let failed = write_file(&out, PRIVATE_MODE, |_| Err(Error::Invalid("boom".into())));
+        let failed = write_file(&out, PRIVATE_MODE, |_| {
+            Err(Error::Panicked { what: "writer" })
+        });
         assert!(failed.is_err());
         assert_eq!(std::fs::read(&out).unwrap(), b"precious");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -190,14 +189,18 @@ mod tests {
         std::fs::write(&target, b"kept").unwrap();
         let link = dir.path().join("link");
         symlink(&target, &link).unwrap();
-        assert!(put(&link, b"x").is_err());
+        let refused = |r: Result<()>, what: &str| matches!(r, Err(Error::Output(OutputFault::NotAFile { what: w, .. })) if w.starts_with(what));
+        assert!(refused(put(&link, b"x"), "a symlink"));
         assert!(std::fs::symlink_metadata(&link)
             .unwrap()
             .file_type()
             .is_symlink());
         assert_eq!(std::fs::read(&target).unwrap(), b"kept");
-        assert!(put(dir.path(), b"x").is_err());
-        assert!(put(Path::new("/dev/null"), b"x").is_err());
-        assert!(write_file(Path::new(STDOUT), PRIVATE_MODE, |_| Ok(())).is_err());
+        assert!(refused(put(dir.path(), b"x"), "a directory"));
+        assert!(refused(put(Path::new("/dev/null"), b"x"), "a device"));
+        assert!(matches!(
+            write_file(Path::new(STDOUT), PRIVATE_MODE, |_| Ok(())),
+            Err(Error::Output(OutputFault::SparseToStdout))
+        ));
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::Serialize;
 
@@ -16,7 +17,7 @@ use crate::manifest::Manifest;
 use crate::name::validate_name;
 use crate::store::{ChunkInfo, Gap, Readable, Store, Table};
 use crate::verify::{Place, Problem, VerifyReport};
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RepairReport {
@@ -120,7 +121,7 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
         }
     }
     // Each VMI file is hashed at most once.
-    let mut matches: HashMap<String, std::result::Result<Manifest, String>> = HashMap::new();
+    let mut matches: HashMap<String, std::result::Result<Manifest, CannotRebuild>> = HashMap::new();
     for (chunk, used_by) in todo {
         let id = *chunk;
         let mut whys = Vec::new();
@@ -157,25 +158,57 @@ pub fn repair(store: &Store, images: &Path, report: &VerifyReport) -> Result<Rep
     Ok(out)
 }
 
+/// Why a VMI's file cannot give back a chunk (reported as text, one
+/// reason per VMI tried).
+#[derive(Clone, Debug, thiserror::Error)]
+enum CannotRebuild {
+    /// Its name, its manifest or its file could not be read. Shared: a
+    /// VMI's manifest is looked up once for all its chunks.
+    #[error("{0}")]
+    Unreadable(Rc<Error>),
+    #[error("the file changed since its boot image was recorded")]
+    FileChanged,
+    #[error("its manifest does not reference the chunk")]
+    NotReferenced,
+    #[error("the file's bytes do not hash to the chunk's id")]
+    WrongBytes,
+}
+
+impl From<Error> for CannotRebuild {
+    fn from(e: Error) -> Self {
+        CannotRebuild::Unreadable(Rc::new(e))
+    }
+}
+
+impl From<yolo_store_format::FormatError> for CannotRebuild {
+    fn from(e: yolo_store_format::FormatError) -> Self {
+        Error::from(e).into()
+    }
+}
+
 /// The VMI's manifest, if its file under `images` is the one recorded.
 fn matching_manifest(
     store: &Store,
     images: &Path,
     vmi: &str,
-) -> std::result::Result<Manifest, String> {
-    validate_name(vmi).map_err(|e| e.to_string())?;
-    let manifest = store.manifest(vmi).map_err(|e| e.to_string())?;
+) -> std::result::Result<Manifest, CannotRebuild> {
+    validate_name(vmi)?;
+    let manifest = store.manifest(vmi)?;
     let path = images.join(vmi);
-    let identity = FileIdentity::of_file(&path).map_err(|e| e.to_string())?;
+    let identity = FileIdentity::of_file(&path)?;
     if identity != manifest.identity {
-        return Err("the file changed since its boot image was recorded".into());
+        return Err(CannotRebuild::FileChanged);
     }
     Ok(manifest)
 }
 
 /// Reads chunk `id`'s bytes back from the VMI file: the part of the boot
 /// image's block stream the chunk covers, block by block.
-fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Result<Vec<u8>, String> {
+fn rebuild(
+    path: &Path,
+    manifest: &Manifest,
+    id: &ChunkId,
+) -> std::result::Result<Vec<u8>, CannotRebuild> {
     let mut start = 0u64;
     let mut len = None;
     for chunk in &manifest.chunks {
@@ -185,9 +218,9 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
         }
         start += u64::from(chunk.len);
     }
-    let len = len.ok_or("its manifest does not reference the chunk")?;
+    let len = len.ok_or(CannotRebuild::NotReferenced)?;
     let end = start + len;
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let bs = u64::from(manifest.block_size);
     let mut raw = Vec::with_capacity(len as usize);
     let mut at = 0u64; // stream offset of the current block
@@ -197,7 +230,7 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
         if from < to {
             let mut buf = vec![0u8; (to - from) as usize];
             file.read_exact_at(&mut buf, block * bs + (from - at))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| Error::io(path, e))?;
             raw.extend_from_slice(&buf);
         }
         at += block_len;
@@ -206,7 +239,7 @@ fn rebuild(path: &Path, manifest: &Manifest, id: &ChunkId) -> std::result::Resul
         }
     }
     if ChunkId::of(&raw) != *id {
-        return Err("the file's bytes do not hash to the chunk's id".into());
+        return Err(CannotRebuild::WrongBytes);
     }
     Ok(raw)
 }

@@ -32,6 +32,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::{Chunking, FASTCDC_VERSION};
+use crate::error::StoreFault;
 use crate::id::ChunkId;
 use crate::manifest::{varint, ChunkRef, Manifest, StoredManifest};
 use crate::pack::{decode_pack, encode_pack, Pack};
@@ -475,10 +476,10 @@ impl Store {
             if wanted != store.config {
                 return Err(Error::StoreConfig {
                     path: path.to_path_buf(),
-                    why: format!(
-                        "it was created with chunking {} and zstd level {}; a store's settings cannot change",
-                        store.config.chunking, store.config.zstd_level
-                    ),
+                    fault: StoreFault::SettingsDiffer {
+                        chunking: store.config.chunking,
+                        zstd_level: store.config.zstd_level,
+                    },
                 });
             }
         }
@@ -543,10 +544,9 @@ impl Store {
         {
             return Err(Error::StoreConfig {
                 path: path.to_path_buf(),
-                why: format!(
-                    "it was chunked with fastcdc {} but this build has {FASTCDC_VERSION}; boundaries could differ",
-                    config.fastcdc_version
-                ),
+                fault: StoreFault::FastcdcVersion {
+                    found: config.fastcdc_version.clone(),
+                },
             });
         }
         let counter = |key: &[u8], first: u64| -> Result<u64> {
@@ -612,9 +612,7 @@ impl Store {
             .count() as u64;
         let mut next = self.next_number.fetch_add(fresh, Ordering::Relaxed);
         if next.saturating_add(fresh) > u64::from(u32::MAX) + 1 {
-            return Err(Error::Invalid(
-                "the store has given out 2^32 chunk numbers; import into a new store".into(),
-            ));
+            return Err(Error::NumbersExhausted);
         }
         let chunk_numbers: Vec<u32> = chunks
             .iter()
@@ -1331,12 +1329,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn unsupported_format(path: &Path, format: u32) -> Error {
     Error::StoreConfig {
         path: path.to_path_buf(),
-        why: format!(
-            "store format {format} is not supported (this build reads {STORE_FORMAT}); \
-             it is not converted in place: with the build that made it, `yolo-store export` \
-             each VMI's boot image (or keep the .yolo files), then `yolo-store import` them \
-             into a new store"
-        ),
+        fault: StoreFault::UnsupportedFormat(format),
     }
 }
 
@@ -1375,7 +1368,7 @@ fn prepare_store_dir(path: &Path) -> Result<()> {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(Error::StoreConfig {
             path: path.to_path_buf(),
-            why: "it is not a directory".into(),
+            fault: StoreFault::NotADirectory,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
             .recursive(true)
@@ -1413,10 +1406,7 @@ fn refuse_foreign_files(path: &Path) -> Result<()> {
         if !rocksdb_file(&name.to_string_lossy()) {
             return Err(Error::StoreConfig {
                 path: path.to_path_buf(),
-                why: format!(
-                    "the directory holds other files ({:?}, ...) and no store; give an empty or new directory",
-                    name
-                ),
+                fault: StoreFault::OtherFiles { first: name },
             });
         }
     }
@@ -1445,7 +1435,7 @@ fn finish_creation(path: &Path, config: StoreConfig) -> Result<()> {
             )));
         }
     }
-    let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec(&config).map_err(Error::ConfigEncoding)?;
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.put_cf_opt(meta, CONFIG_KEY, json, &opts)?;
@@ -1458,13 +1448,13 @@ fn require_store(path: &Path) -> Result<()> {
     }
     Err(Error::StoreConfig {
         path: path.to_path_buf(),
-        why: "no store here (import something first, or pass --store)".into(),
+        fault: StoreFault::NoStore,
     })
 }
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        Error::Db(e.into_string())
+        Error::Db(e)
     }
 }
 
@@ -1633,6 +1623,16 @@ mod tests {
             Store::open_read_only(&path).err().unwrap(),
             Store::open_or_create(&path, None).err().unwrap(),
         ] {
+            assert!(
+                matches!(
+                    opened,
+                    Error::StoreConfig {
+                        fault: StoreFault::UnsupportedFormat(2),
+                        ..
+                    }
+                ),
+                "{opened}"
+            );
             let why = opened.to_string();
             assert!(why.contains("store format 2 is not supported"), "{why}");
             assert!(why.contains("export") && why.contains("new store"), "{why}");
@@ -1651,6 +1651,11 @@ mod tests {
         fs::write(path.join("notes.txt"), b"mine").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o1777)).unwrap();
         let err = Store::open_or_create(&path, None).err().unwrap();
+        assert!(
+            matches!(&err, Error::StoreConfig { fault: StoreFault::OtherFiles { first }, .. }
+                if first == "notes.txt"),
+            "{err}"
+        );
         assert!(err.to_string().contains("other files"), "{err}");
         let names: Vec<_> = fs::read_dir(&path)
             .unwrap()
@@ -1689,6 +1694,16 @@ mod tests {
         let file = dir.path().join("file");
         fs::write(&file, b"x").unwrap();
         let err = Store::open_or_create(&file, None).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                Error::StoreConfig {
+                    fault: StoreFault::NotADirectory,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("not a directory"), "{err}");
     }
 

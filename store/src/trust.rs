@@ -48,7 +48,7 @@ impl std::str::FromStr for FileVersion {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        let bad = || Error::Invalid(format!("not a file version: {text:?}"));
+        let bad = || Error::FileVersion(text.to_string());
         let fields: Vec<&str> = text.split(' ').collect();
         let [dev, ino, size, mtime_ns, ctime_ns] = fields.as_slice() else {
             return Err(bad());

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::layout::{self, Index, PackDesc, PackId};
 use super::lock::{LockKind, RemoteLock};
-use super::{current_versions, ManifestVersion, Remote};
+use super::{current_versions, ManifestVersion, ObjectDefect, Remote, RemoteFault};
 use crate::codec::decode_chunk;
 use crate::id::ChunkId;
 use crate::manifest::Manifest;
@@ -114,8 +114,11 @@ fn plan(remote: &Remote, lock: &RemoteLock, grace: Duration) -> Result<(RemoteGc
                 .map(|(version, is_current)| async move {
                     let object = remote.get(&version.key()).await?;
                     let (m, places) = layout::decode_manifest(&version.hash, &object, index_ref)
-                        .map_err(|why| {
-                            remote.error(format!("{}: {why}; gc stops", version.key()))
+                        .map_err(|e| {
+                            remote.error(RemoteFault::GcStops {
+                                key: version.key(),
+                                defect: e.into(),
+                            })
                         })?;
                     Ok::<_, Error>((version, is_current, m, places))
                 })
@@ -242,13 +245,18 @@ fn execute(
                 .objects
                 .get_range(&remote.path(&old.key()), 0..desc.len())
                 .await
-                .map_err(|e| remote.error(format!("{}: {e}", old.key())))
+                .map_err(|source| {
+                    remote.error(RemoteFault::RequestOn {
+                        key: old.key(),
+                        source,
+                    })
+                })
         })?;
         if bytes.len() as u64 != desc.len() {
-            return Err(remote.error(format!(
-                "{}: shorter than its index says; gc stops",
-                old.key()
-            )));
+            return Err(remote.error(RemoteFault::GcStops {
+                key: old.key(),
+                defect: ObjectDefect::ShorterThanIndex,
+            }));
         }
         let offsets = desc.offsets();
         let mut packed = Vec::new();
@@ -257,8 +265,12 @@ fn execute(
             let e = desc.entries[pos as usize];
             let at = offsets[pos as usize] as usize;
             let value = &bytes[at..at + e.stored_len as usize];
-            decode_chunk(&e.id, value, e.raw_len)
-                .map_err(|why| remote.error(format!("{}: {why}; gc stops", old.key())))?;
+            decode_chunk(&e.id, value, e.raw_len).map_err(|e| {
+                remote.error(RemoteFault::GcStops {
+                    key: old.key(),
+                    defect: ObjectDefect::Format(e),
+                })
+            })?;
             packed.extend_from_slice(value);
             entries.push(e);
         }
@@ -304,11 +316,10 @@ fn execute(
             continue;
         }
         let object = layout::encode_manifest(manifest, &fresh).map_err(|id| {
-            remote.error(format!(
-                "{}: chunk {} lost in the repack; gc stops",
-                version.key(),
-                id.to_hex()
-            ))
+            remote.error(RemoteFault::GcStops {
+                key: version.key(),
+                defect: ObjectDefect::LostInRepack(id),
+            })
         })?;
         lock.check_held()?;
         remote

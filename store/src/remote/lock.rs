@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::Remote;
+use super::{Remote, RemoteFault};
 use crate::Result;
 
 pub(super) const TTL: Duration = Duration::from_secs(600);
@@ -76,7 +76,7 @@ impl Remote {
                 .objects
                 .head(&self.path(&key))
                 .await
-                .map_err(|e| self.error(e))?;
+                .map_err(|e| self.error(RemoteFault::Request(e)))?;
             let now: SystemTime = mine.last_modified.into();
             let mut conflicts = Vec::new();
             for (other, meta) in self.list("locks/").await? {
@@ -98,13 +98,10 @@ impl Remote {
             }
             if !conflicts.is_empty() {
                 self.delete(&key).await?;
-                return Err(self.error(format!(
-                    "busy: {} hold(s) the remote ({}); try again when it ends, or after {} \
-                     if its process died",
-                    conflicts.len(),
-                    conflicts.join(", "),
-                    humantime_secs(TTL)
-                )));
+                return Err(self.error(RemoteFault::Locked {
+                    holders: conflicts,
+                    ttl_min: TTL.as_secs() / 60,
+                }));
             }
             Ok(now)
         })?;
@@ -154,10 +151,10 @@ impl RemoteLock<'_> {
     pub(super) fn check_held(&self) -> Result<()> {
         let since = unix_now().saturating_sub(self.last_written.load(Ordering::Relaxed));
         if Duration::from_secs(since) > TTL / 2 {
-            return Err(self.remote.error(format!(
-                "lost the remote lock {} (not refreshed for {since} s); run again",
-                self.key
-            )));
+            return Err(self.remote.error(RemoteFault::LockLost {
+                key: self.key.clone(),
+                secs: since,
+            }));
         }
         Ok(())
     }
@@ -169,8 +166,4 @@ impl Drop for RemoteLock<'_> {
         // Best effort: a lock left behind only delays gc until its TTL.
         let _ = self.remote.runtime.block_on(self.remote.delete(&self.key));
     }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    format!("{} min", d.as_secs() / 60)
 }

@@ -15,6 +15,7 @@
 //! Order alone makes it consistent: packs before the index that lists
 //! them, the index before the manifests that reference it (layout.rs).
 
+mod fault;
 mod gc;
 mod layout;
 mod lock;
@@ -41,6 +42,7 @@ use crate::store::StoreConfig;
 use crate::{Error, Result};
 use layout::{Index, PackId};
 
+pub use fault::{ObjectDefect, RemoteFault};
 pub use gc::{remote_gc, RemoteGcPlan, RemoteGcReport};
 pub use pull::{pull, PullFailure, PullReport};
 pub use push::{push, PushReport};
@@ -135,63 +137,57 @@ pub struct Remote {
 impl Remote {
     /// Opens `s3://BUCKET[/PREFIX]` or `file:///DIR`. Nothing is sent yet.
     pub fn open(url: &str, options: RemoteOptions) -> Result<Self> {
-        let bad = |why: String| Error::Remote {
+        let bad = |fault: RemoteFault| Error::Remote {
             remote: redact(url),
-            why,
+            fault: Box::new(fault),
         };
         // Credentials in a URL end up in shells' histories, process lists
         // and our messages: refuse them, and never print them.
         let endpoint_has_credentials = options.endpoint.as_deref().is_some_and(has_userinfo);
         if has_userinfo(url) || endpoint_has_credentials {
-            return Err(bad(
-                "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY instead"
-                    .into(),
-            ));
+            return Err(bad(RemoteFault::CredentialsInUrl));
         }
-        let (objects, root): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
-            url.strip_prefix("s3://")
-        {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("no bucket in the URL (s3://BUCKET[/PREFIX])".into()));
-            }
-            let mut builder = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(RetryConfig {
-                    max_retries: 8,
-                    retry_timeout: Duration::from_secs(120),
-                    ..RetryConfig::default()
-                });
-            let endpoint = options
-                .endpoint
-                .clone()
-                .or_else(|| std::env::var("AWS_ENDPOINT").ok());
-            if let Some(endpoint) = endpoint {
-                // A plain-HTTP endpoint is a local gateway the user named.
-                builder = builder
-                    .with_allow_http(endpoint.starts_with("http://"))
-                    .with_endpoint(endpoint);
-            }
-            if let Some(region) = &options.region {
-                builder = builder.with_region(region);
-            }
-            let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
-            (Arc::new(s3), prefix.trim_matches('/').to_string())
-        } else if let Some(dir) = url.strip_prefix("file://") {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let local = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
-            (Arc::new(local), String::new())
-        } else {
-            return Err(bad(
-                "a remote is s3://BUCKET[/PREFIX] or file:///DIRECTORY".into()
-            ));
-        };
+        let (objects, root): (Arc<dyn ObjectStore>, String) =
+            if let Some(rest) = url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad(RemoteFault::NoBucket));
+                }
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(RetryConfig {
+                        max_retries: 8,
+                        retry_timeout: Duration::from_secs(120),
+                        ..RetryConfig::default()
+                    });
+                let endpoint = options
+                    .endpoint
+                    .clone()
+                    .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+                if let Some(endpoint) = endpoint {
+                    // A plain-HTTP endpoint is a local gateway the user named.
+                    builder = builder
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_endpoint(endpoint);
+                }
+                if let Some(region) = &options.region {
+                    builder = builder.with_region(region);
+                }
+                let s3 = builder.build().map_err(|e| bad(RemoteFault::Client(e)))?;
+                (Arc::new(s3), prefix.trim_matches('/').to_string())
+            } else if let Some(dir) = url.strip_prefix("file://") {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                let local = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| bad(RemoteFault::Client(e)))?;
+                (Arc::new(local), String::new())
+            } else {
+                return Err(bad(RemoteFault::NotARemoteUrl));
+            };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| bad(format!("starting the I/O runtime: {e}")))?;
+            .map_err(|e| bad(RemoteFault::Runtime(e)))?;
         Ok(Remote {
             objects,
             root,
@@ -205,10 +201,10 @@ impl Remote {
         &self.url
     }
 
-    fn error(&self, why: impl std::fmt::Display) -> Error {
+    fn error(&self, fault: RemoteFault) -> Error {
         Error::Remote {
             remote: self.url.clone(),
-            why: why.to_string(),
+            fault: Box::new(fault),
         }
     }
 
@@ -244,26 +240,17 @@ impl Remote {
         let Some(bytes) = self.runtime.block_on(self.get_if_exists(CONFIG_KEY))? else {
             return Ok(None);
         };
-        let config: RemoteConfig =
-            serde_json::from_slice(&bytes).map_err(|e| self.error(format!("{CONFIG_KEY}: {e}")))?;
+        let config: RemoteConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| self.error(RemoteFault::ConfigUnreadable(e)))?;
         if config.layout == 1 {
             // Layout 1 keeps a chunk per object and needs the full listing
             // that layout 2 exists to avoid; its manifests cannot be read
             // without it. Migrating is one push from a node that holds the
             // images, so this build refuses it rather than keep both.
-            return Err(self.error(
-                "remote layout 1 (one object per chunk) is not read by this build, \
-                 which uses layout 2 (packs and an index); push from a node that \
-                 holds the boot images to a new prefix (or an emptied one), \
-                 and pull from there",
-            ));
+            return Err(self.error(RemoteFault::Layout1));
         }
         if config.layout != LAYOUT {
-            return Err(self.error(format!(
-                "remote layout {} is unknown to this build (layout {LAYOUT}); \
-                 update yolo-store to pull from it",
-                config.layout
-            )));
+            return Err(self.error(RemoteFault::UnknownLayout(config.layout)));
         }
         Ok(Some(config))
     }
@@ -275,30 +262,37 @@ impl Remote {
         let theirs = match self.config()? {
             Some(config) => config,
             None if create => {
-                let json = serde_json::to_vec_pretty(&ours).map_err(|e| self.error(e))?;
+                let json = serde_json::to_vec_pretty(&ours)
+                    .map_err(|e| self.error(RemoteFault::ConfigEncoding(e)))?;
                 self.runtime
                     .block_on(self.put_create(CONFIG_KEY, json.into()))?;
                 // Another node may have created it first: read it back.
                 self.config()?
-                    .ok_or_else(|| self.error("its config vanished after being written"))?
+                    .ok_or_else(|| self.error(RemoteFault::ConfigVanished))?
             }
-            None => return Err(self.error("nothing was ever pushed here (no yolo-remote.json)")),
+            None => return Err(self.error(RemoteFault::NeverPushed)),
         };
         if theirs.chunking != ours.chunking || theirs.fastcdc_version != ours.fastcdc_version {
-            return Err(self.error(format!(
-                "it chunks with {} (fastcdc {}) but this store with {} (fastcdc {}); \
-                 chunks would not deduplicate: use a store made for this remote",
-                theirs.chunking, theirs.fastcdc_version, ours.chunking, ours.fastcdc_version
-            )));
+            return Err(self.error(RemoteFault::ChunkingMismatch {
+                theirs: theirs.chunking,
+                theirs_fastcdc: theirs.fastcdc_version,
+                ours: ours.chunking,
+                ours_fastcdc: ours.fastcdc_version,
+            }));
         }
         Ok(theirs)
     }
 
     async fn get_if_exists(&self, key: &str) -> Result<Option<bytes::Bytes>> {
         match self.objects.get(&self.path(key)).await {
-            Ok(result) => Ok(Some(result.bytes().await.map_err(|e| self.error(e))?)),
+            Ok(result) => Ok(Some(
+                result
+                    .bytes()
+                    .await
+                    .map_err(|e| self.error(RemoteFault::Request(e)))?,
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(RemoteFault::Request(e))),
         }
     }
 
@@ -307,8 +301,11 @@ impl Remote {
             .objects
             .get(&self.path(key))
             .await
-            .map_err(|e| self.error(e))?;
-        result.bytes().await.map_err(|e| self.error(e))
+            .map_err(|e| self.error(RemoteFault::Request(e)))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| self.error(RemoteFault::Request(e)))
     }
 
     /// Creates `key` unless it exists; `Ok(false)` when it already did.
@@ -320,7 +317,7 @@ impl Remote {
         match self.objects.put_opts(&self.path(key), payload, opts).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(RemoteFault::Request(e))),
         }
     }
 
@@ -329,13 +326,13 @@ impl Remote {
             .put(&self.path(key), payload)
             .await
             .map(|_| ())
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(RemoteFault::Request(e)))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         match self.objects.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error(e)),
+            Err(e) => Err(self.error(RemoteFault::Request(e))),
         }
     }
 
@@ -346,7 +343,7 @@ impl Remote {
             .list(Some(&self.path(prefix)))
             .try_collect()
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(RemoteFault::Request(e)))?;
         Ok(metas
             .into_iter()
             .map(|meta| (self.key_of(&meta.location), meta))
@@ -367,7 +364,7 @@ impl Remote {
         cache: Option<&std::path::Path>,
         max_raw: u32,
         strict: bool,
-    ) -> Result<(Index, u64, Vec<(String, String)>)> {
+    ) -> Result<(Index, u64, Vec<(String, ObjectDefect)>)> {
         let listed = self.list("index/").await?;
         let keys: Vec<(String, IndexHash)> = listed
             .into_iter()
@@ -390,7 +387,7 @@ impl Remote {
                 }
             }
         }
-        type Got = std::result::Result<bytes::Bytes, String>;
+        type Got = std::result::Result<bytes::Bytes, ObjectDefect>;
         let fetched: Vec<(String, Got, bool)> = futures::stream::iter(keys)
             .map(|(key, hash)| async move {
                 let cached = cache.and_then(|dir| std::fs::read(dir.join(hex32(&hash))).ok());
@@ -399,8 +396,7 @@ impl Remote {
                 }
                 let bytes = self.get(&key).await?;
                 if blake3::hash(&bytes).as_bytes() != &hash {
-                    let why = "its content does not match the BLAKE3 in its name".to_string();
-                    return Ok((key, Err(why), true));
+                    return Ok((key, Err(ObjectDefect::NotItsName), true));
                 }
                 Ok((key, Ok(bytes), true))
             })
@@ -413,11 +409,13 @@ impl Remote {
         for (key, bytes, fresh) in fetched {
             let decoded = bytes.and_then(|b| match layout::decode_index(&b, max_raw) {
                 Ok(packs) => Ok((b, packs)),
-                Err(why) => Err(why.to_string()),
+                Err(e) => Err(ObjectDefect::Format(e)),
             });
             let (bytes, packs) = match decoded {
                 Ok(decoded) => decoded,
-                Err(why) if strict => return Err(self.error(format!("{key}: {why}"))),
+                Err(defect) if strict => {
+                    return Err(self.error(RemoteFault::Object { key, defect }))
+                }
                 Err(why) => {
                     refused.push((key, why));
                     continue;
@@ -588,7 +586,7 @@ mod key_tests {
 
 #[cfg(test)]
 mod url_tests {
-    use super::{has_userinfo, redact, Remote, RemoteOptions};
+    use super::{has_userinfo, redact, Error, Remote, RemoteFault, RemoteOptions};
 
     #[test]
     fn credentials_in_a_url_are_refused_and_never_printed() {
@@ -599,6 +597,9 @@ mod url_tests {
         let Err(err) = Remote::open(url, RemoteOptions::default()) else {
             panic!("a URL with credentials was accepted");
         };
+        assert!(
+            matches!(&err, Error::Remote { fault, .. } if matches!(**fault, RemoteFault::CredentialsInUrl))
+        );
         let text = err.to_string();
         assert!(
             !text.contains("s3cr3t") && !text.contains("AKIAEXAMPLE"),

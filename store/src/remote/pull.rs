@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::layout::{self, Index, PackId, Place};
 use super::lock::LockKind;
-use super::{current_versions, ManifestVersion, Remote};
+use super::{current_versions, ManifestVersion, ObjectDefect, Remote, RemoteFault};
 use crate::codec::decode_chunk;
 use crate::id::ChunkId;
 use crate::import::{new_packs_batch, register_manifests, ImportReport};
@@ -97,7 +97,7 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
     report.index_bytes = index_bytes;
     report.refused_index_objects = refused
         .into_iter()
-        .map(|(key, why)| format!("{key}: {why}"))
+        .map(|(key, defect)| format!("{key}: {defect}"))
         .collect();
 
     let mut manifests: Vec<(String, Manifest)> = Vec::new();
@@ -106,9 +106,8 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
         // The index bounds each chunk by the remote's chunking; the store
         // checks its own, so decoding never allocates what a remote says.
         let fetched = fetched.and_then(|(manifest, places, len)| {
-            manifest
-                .check_chunk_lens(max_raw)
-                .map(|()| (manifest, places, len))
+            manifest.check_chunk_lens(max_raw)?;
+            Ok((manifest, places, len))
         });
         match fetched {
             Ok((manifest, places, len)) => {
@@ -118,10 +117,10 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
                 }
                 manifests.push((version.name, manifest));
             }
-            Err(why) => report.failed.push(PullFailure {
+            Err(defect) => report.failed.push(PullFailure {
                 object: version.key(),
                 name: version.name,
-                why,
+                why: defect.to_string(),
             }),
         }
     }
@@ -204,8 +203,9 @@ pub fn pull(store: &Store, remote: &Remote, names: &[String]) -> Result<PullRepo
         for (id, value) in &checked {
             match value {
                 Ok(raw) => good.push((*id, &raw[..], 0)),
-                Err(why) => {
-                    bad.insert(*id, why.clone());
+                // Kept as text: several VMIs may fail on one chunk.
+                Err((object, defect)) => {
+                    bad.insert(*id, (object.clone(), defect.to_string()));
                 }
             }
         }
@@ -284,9 +284,13 @@ pub(super) fn plan_requests(desc: &layout::PackDesc, mut positions: Vec<u32>) ->
 }
 
 /// A chunk's raw bytes, or the object at fault and why.
-type Checked = std::result::Result<Vec<u8>, (String, String)>;
+type Checked = std::result::Result<Vec<u8>, (String, ObjectDefect)>;
 
-type Fetched = (ChunkId, String, std::result::Result<bytes::Bytes, String>);
+type Fetched = (
+    ChunkId,
+    String,
+    std::result::Result<bytes::Bytes, ObjectDefect>,
+);
 
 /// Runs the GETs, up to `--jobs` at once, and cuts the chunks out of what
 /// they return. A pack missing on the remote, or a response of the wrong
@@ -313,13 +317,13 @@ fn fetch_ranges(
                 // hand us more than the index announced.
                 let got = remote.objects.get_range(&path, r.range.clone()).await;
                 let want = r.range.end - r.range.start;
+                // The length that came back, or none: each chunk of the
+                // range gets its own ObjectDefect from it.
                 let body = match got {
                     Ok(b) if b.len() as u64 == want => Ok(b),
-                    Ok(b) => Err(format!("{} bytes where the index gives {want}", b.len())),
-                    Err(object_store::Error::NotFound { .. }) => {
-                        Err("missing on the remote".to_string())
-                    }
-                    Err(e) => return Err(remote.error(e)),
+                    Ok(b) => Err(Some(b.len() as u64)),
+                    Err(object_store::Error::NotFound { .. }) => Err(None),
+                    Err(e) => return Err(remote.error(RemoteFault::Request(e))),
                 };
                 let moved = body.as_ref().map_or(0, |b| b.len() as u64);
                 let chunks = r
@@ -328,10 +332,11 @@ fn fetch_ranges(
                     .map(|&(id, offset, stored)| {
                         let object = format!("{key} (chunk {} at byte {offset})", id.to_hex());
                         let at = (offset - r.range.start) as usize;
-                        let value = body
-                            .as_ref()
-                            .map(|b| b.slice(at..at + stored as usize))
-                            .map_err(Clone::clone);
+                        let value = match &body {
+                            Ok(b) => Ok(b.slice(at..at + stored as usize)),
+                            Err(Some(got)) => Err(ObjectDefect::WrongLength { got: *got, want }),
+                            Err(None) => Err(ObjectDefect::Missing),
+                        };
                         (id, object, value)
                     })
                     .collect();
@@ -363,12 +368,12 @@ pub(super) fn wanted_versions(remote: &Remote, names: &[String]) -> Result<Vec<M
         .map(|name| {
             current
                 .remove(name)
-                .ok_or_else(|| remote.error(format!("no boot image named {name:?} on the remote")))
+                .ok_or_else(|| remote.error(RemoteFault::UnknownVmi(name.clone())))
         })
         .collect()
 }
 
-pub(super) type FetchedManifest = std::result::Result<(Manifest, Vec<Place>, u64), String>;
+pub(super) type FetchedManifest = std::result::Result<(Manifest, Vec<Place>, u64), ObjectDefect>;
 
 /// Downloads manifests and rebuilds them through the index: they must hash
 /// to their key and decode.
@@ -384,14 +389,11 @@ pub(super) fn fetch_manifests(
                 .map(|version| async move {
                     let bytes = match remote.get_if_exists(&version.key()).await? {
                         Some(bytes) => bytes,
-                        None => {
-                            let why = "gone: replaced by a newer push; pull again".to_string();
-                            return Ok((version, Err(why)));
-                        }
+                        None => return Ok((version, Err(ObjectDefect::Gone))),
                     };
                     let checked = layout::decode_manifest(&version.hash, &bytes, index)
                         .map(|(m, places)| (m, places, bytes.len() as u64))
-                        .map_err(|e| e.to_string());
+                        .map_err(ObjectDefect::from);
                     Ok((version, checked))
                 })
                 // In order: VMIs are registered and reported in the order asked.
@@ -408,7 +410,7 @@ pub(super) fn check_chunk(
     id: &ChunkId,
     value: &[u8],
     raw_len: u32,
-) -> std::result::Result<Vec<u8>, String> {
+) -> std::result::Result<Vec<u8>, ObjectDefect> {
     // Read from the header before decoding, so a hostile length cannot make
     // the decoder allocate more than the manifest allows.
     let header_len = value
@@ -416,11 +418,12 @@ pub(super) fn check_chunk(
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_le_bytes);
     if header_len != Some(raw_len) {
-        return Err(format!(
-            "its header gives {header_len:?} raw bytes, the manifest {raw_len}"
-        ));
+        return Err(ObjectDefect::HeaderLength {
+            header: header_len,
+            manifest: raw_len,
+        });
     }
-    decode_chunk(id, value, raw_len).map_err(|e| e.to_string())
+    Ok(decode_chunk(id, value, raw_len)?)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::layout::{self, PackDesc, PackEntry, PackId, PACK_TARGET};
 use super::lock::LockKind;
-use super::{current_versions, manifest_key, Remote};
+use super::{current_versions, manifest_key, Remote, RemoteFault};
 use crate::codec::encode_chunk;
 use crate::id::{ChunkId, ManifestHash};
 use crate::manifest::Manifest;
@@ -172,11 +172,11 @@ pub fn push(store: &Store, remote: &Remote, names: &[String]) -> Result<PushRepo
         if current.get(name).map(|v| v.hash) == Some(hash) {
             continue;
         }
-        let object = layout::encode_manifest(manifest, &index).map_err(|id| {
-            remote.error(format!(
-                "{name}: chunk {} is in no pack after the upload",
-                id.to_hex()
-            ))
+        let object = layout::encode_manifest(manifest, &index).map_err(|chunk| {
+            remote.error(RemoteFault::NotUploaded {
+                name: name.clone(),
+                chunk,
+            })
         })?;
         report.manifests_uploaded += 1;
         report.manifest_bytes += object.len() as u64;
@@ -249,7 +249,7 @@ async fn publish_manifest(
         .objects
         .head(&remote.path(&key))
         .await
-        .map_err(|e| remote.error(e))?
+        .map_err(|e| remote.error(RemoteFault::Request(e)))?
         .last_modified
         .into();
     let ours = (written, hash.0);

@@ -27,6 +27,14 @@ fn place_of(remote: &Remote, dir: &Path, id: &ChunkId) -> (std::path::PathBuf, u
     (dir.join(pack.key()), offset as usize)
 }
 
+/// The remote fault of `err`, which must be a remote's error.
+fn fault(err: &Error) -> &RemoteFault {
+    match err {
+        Error::Remote { fault, .. } => fault,
+        other => panic!("not a remote's error: {other}"),
+    }
+}
+
 fn store_with(dir: &Path, images: &[BootImage]) -> Store {
     let store = Store::open_or_create(dir, None).unwrap();
     for img in images {
@@ -154,9 +162,10 @@ fn a_tampered_manifest_is_refused() {
     let pulled = pull(&b, &remote, &[]).unwrap();
     assert_eq!(pulled.failed[0].object, key);
     assert!(pulled.names.is_empty());
+    let err = remote_gc(&remote, Duration::ZERO, true).unwrap_err();
     assert!(
-        remote_gc(&remote, Duration::ZERO, true).is_err(),
-        "gc stops"
+        matches!(fault(&err), RemoteFault::GcStops { key: k, .. } if *k == key),
+        "{err}"
     );
 }
 
@@ -206,18 +215,29 @@ fn gc_and_transfers_exclude_each_other_until_a_lock_goes_stale() {
     push(&a, &remote, &[]).unwrap();
     {
         let _gc = remote.lock(LockKind::Gc).unwrap();
-        let busy = push(&a, &remote, &[]).unwrap_err().to_string();
+        let err = push(&a, &remote, &[]).unwrap_err();
+        assert!(
+            matches!(fault(&err), RemoteFault::Locked { holders, .. }
+                if holders.len() == 1 && holders[0].starts_with("locks/gc-")),
+            "{err}"
+        );
+        let busy = err.to_string();
         assert!(
             busy.contains("busy") && busy.contains("locks/gc-"),
             "{busy}"
         );
         let b = Store::open_or_create(&tmp.path().join("b"), None).unwrap();
-        assert!(pull(&b, &remote, &[]).is_err());
+        let err = pull(&b, &remote, &[]).unwrap_err();
+        assert!(matches!(fault(&err), RemoteFault::Locked { .. }), "{err}");
     }
     {
         let _push = remote.lock(LockKind::Push).unwrap();
         let _pull = remote.lock(LockKind::Pull).unwrap(); // shared
-        assert!(remote_gc(&remote, Duration::ZERO, true).is_err());
+        let err = remote_gc(&remote, Duration::ZERO, true).unwrap_err();
+        assert!(
+            matches!(fault(&err), RemoteFault::Locked { holders, .. } if holders.len() == 2),
+            "{err}"
+        );
     }
     // A lock its process left behind stops gc only until it goes stale.
     let dead = remote.lock(LockKind::Push).unwrap();
@@ -256,9 +276,14 @@ fn stores_that_chunk_differently_do_not_mix() {
         ..StoreConfig::default()
     };
     let b = Store::open_or_create(&tmp.path().join("b"), Some(other)).unwrap();
-    let err = pull(&b, &remote, &[]).unwrap_err().to_string();
-    assert!(err.contains("would not deduplicate"), "{err}");
+    let err = pull(&b, &remote, &[]).unwrap_err();
+    assert!(
+        matches!(fault(&err), RemoteFault::ChunkingMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("would not deduplicate"), "{err}");
     let unknown = pull(&a, &remote, &["nope".to_string()]).unwrap_err();
+    assert!(matches!(fault(&unknown), RemoteFault::UnknownVmi(n) if n == "nope"));
     assert!(unknown.to_string().contains("no boot image named \"nope\""));
 }
 
@@ -329,6 +354,16 @@ fn a_remote_chunk_longer_than_the_chunking_allows_is_refused_before_it_is_decode
     );
     // gc never acts on a partial index.
     let err = remote_gc(&remote, Duration::ZERO, true).unwrap_err();
+    assert!(
+        matches!(
+            fault(&err),
+            RemoteFault::Object {
+                defect: ObjectDefect::Format(crate::FormatError::RemoteObject(_)),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("beyond"), "{err}");
     assert!(verify(&b).unwrap().is_clean());
 }
@@ -347,6 +382,7 @@ fn a_layout_1_remote_is_refused_with_what_to_do() {
         push(&a, &remote, &[]).unwrap_err(),
         pull(&a, &remote, &[]).unwrap_err(),
     ] {
+        assert!(matches!(fault(&err), RemoteFault::Layout1), "{err}");
         let text = err.to_string();
         assert!(
             text.contains("layout 1") && text.contains("new prefix"),
@@ -355,6 +391,11 @@ fn a_layout_1_remote_is_refused_with_what_to_do() {
     }
     v1["layout"] = 3.into();
     std::fs::write(dir.join(CONFIG_KEY), v1.to_string()).unwrap();
-    let text = pull(&a, &remote, &[]).unwrap_err().to_string();
+    let err = pull(&a, &remote, &[]).unwrap_err();
+    assert!(
+        matches!(fault(&err), RemoteFault::UnknownLayout(3)),
+        "{err}"
+    );
+    let text = err.to_string();
     assert!(text.contains("unknown to this build"), "{text}");
 }

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use super::layout::{Index, PackId};
 use super::pull::{check_chunk, fetch_manifests, plan_requests, wanted_versions, Request};
-use super::Remote;
+use super::{Remote, RemoteFault};
 use crate::id::{ChunkId, ManifestHash};
 use crate::import::{new_packs_batch, register_manifests, ImportReport};
 use crate::manifest::Manifest;
@@ -212,8 +212,10 @@ impl RemoteTier {
         }
         let mut new = Vec::new();
         for (version, fetched) in fetch_manifests(&self.remote, &to_fetch, &index)? {
-            let checked = fetched
-                .and_then(|(manifest, _, _)| manifest.check_chunk_lens(max_raw).map(|()| manifest));
+            let checked = fetched.and_then(|(manifest, _, _)| {
+                manifest.check_chunk_lens(max_raw)?;
+                Ok(manifest)
+            });
             match checked {
                 Ok(manifest) => {
                     boot_images.insert(version.name.clone(), (version.hash, Arc::new(manifest)));
@@ -279,12 +281,13 @@ impl RemoteTier {
     /// One chunk, for a read: waits at most the timeout.
     pub fn chunk(&self, id: &ChunkId) -> Result<Arc<[u8]>> {
         self.fetch(&[*id]).remove(id).ok_or_else(|| {
-            let why = if self.is_down() {
-                format!("down or slow, skipped for up to {}s", DOWN_FOR.as_secs())
+            self.remote.error(if self.is_down() {
+                RemoteFault::Down {
+                    secs: DOWN_FOR.as_secs(),
+                }
             } else {
-                format!("chunk {} could not be fetched", id.to_hex())
-            };
-            self.remote.error(why)
+                RemoteFault::ChunkUnavailable(*id)
+            })
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::*;
 use crate::follower::Follower;
 use crate::import::{import, ImportOptions};
-use crate::remote::{push, Remote, RemoteOptions};
+use crate::remote::{push, ObjectDefect, Remote, RemoteOptions};
 use crate::serve::{ImageServer, Preload, ServeOptions};
 use crate::testing::family_image as image;
 
@@ -110,4 +110,44 @@ fn a_remote_boot_image_that_is_not_the_files_is_not_served() {
     assert_eq!(stats.identity_mismatches, 1);
     assert_eq!(stats.bytes_from_store, 0);
     assert_eq!(stats.remote.unwrap().chunks_fetched, 0);
+}
+
+/// A chunk the tier cannot deliver is an error a reader recognizes as the
+/// remote being unavailable (and then serves the file); a remote that
+/// answered with wrong bytes or refused our settings is not.
+#[test]
+fn a_chunk_the_tier_cannot_deliver_is_the_remote_being_unavailable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", tmp.path().display());
+    let tier = RemoteTier::new(
+        Remote::open(&url, RemoteOptions::default()).unwrap(),
+        Duration::from_secs(5),
+    );
+    let id = ChunkId::of(b"on no remote");
+    let err = tier.chunk(&id).unwrap_err();
+    assert!(
+        matches!(&err, Error::Remote { fault, .. }
+            if matches!(**fault, RemoteFault::ChunkUnavailable(c) if c == id)),
+        "{err}"
+    );
+    assert!(err.is_remote_unavailable());
+    tier.mark_down();
+    let err = tier.chunk(&id).unwrap_err();
+    assert!(
+        matches!(&err, Error::Remote { fault, .. } if matches!(**fault, RemoteFault::Down { .. })),
+        "{err}"
+    );
+    assert!(err.is_remote_unavailable());
+
+    let refused = |fault| Error::Remote {
+        remote: url.clone(),
+        fault: Box::new(fault),
+    };
+    assert!(!refused(RemoteFault::Layout1).is_remote_unavailable());
+    assert!(!refused(RemoteFault::Object {
+        key: "index/00".into(),
+        defect: ObjectDefect::NotItsName,
+    })
+    .is_remote_unavailable());
+    assert!(!Error::MissingChunk { id }.is_remote_unavailable());
 }

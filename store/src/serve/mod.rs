@@ -428,7 +428,7 @@ impl ImageServer {
     fn chunk_failed(&self, image: &OpenImage, bytes: u64, e: Error) {
         match (e, self.chunks.remote()) {
             // Down or slow: the file has the same bytes (checked).
-            (Error::Remote { .. }, Some(tier)) => tier.fell_back(bytes),
+            (e, Some(tier)) if e.is_remote_unavailable() => tier.fell_back(bytes),
             (e, _) => {
                 self.counters.chunk_failures.fetch_add(1, Ordering::Relaxed);
                 self.warned.warn(

@@ -66,6 +66,18 @@ start_mount() {
 }
 stop_mount() { umount "$mnt"; wait "$mount_pid" || true; mount_pid=""; }
 boot() { KERNEL_DIR=$family scripts/boot-vm.sh "$1"; }
+# Boots $vmi through a mount of the local store STORE, once every identity
+# is checked, and prints its row as POLICY (run $run).
+boot_local() {
+    local store=$1 policy=$2
+    start_mount "$store" "s['startup_verification_done'] and s['identities_pending']==0"
+    drop_caches
+    t=$(boot "$mnt/$vmi")
+    s=$(status)
+    printf '%s\t%s\t%s\t%s\t-\t-\t-\t%s\t%s\t-\n' "$policy" "$run" "$t" "$ready" \
+        "$(field bytes_from_store <<<"$s")" "$(field bytes_from_file <<<"$s")"
+    stop_mount
+}
 
 printf 'policy\trun\tboot_s\tready_s\tfetched_B\tfetched_raw_B\tgets\tfrom_store_B\tfrom_file_B\tfallbacks\n'
 for run in $(seq "$runs"); do
@@ -73,13 +85,7 @@ for run in $(seq "$runs"); do
     t=$(boot "$family/$vmi")
     printf 'plain\t%s\t%s\t-\t-\t-\t-\t-\t-\t-\n' "$run" "$t"
 
-    start_mount "$work/a" "s['startup_verification_done'] and s['identities_pending']==0"
-    drop_caches
-    t=$(boot "$mnt/$vmi")
-    s=$(status)
-    printf 'local store\t%s\t%s\t%s\t-\t-\t-\t%s\t%s\t-\n' "$run" "$t" "$ready" \
-        "$(field bytes_from_store <<<"$s")" "$(field bytes_from_file <<<"$s")"
-    stop_mount
+    boot_local "$work/a" 'local store'
 
     # An empty node: its store is made from the remote's config.
     rm -rf "$work/b"
@@ -96,12 +102,6 @@ for run in $(seq "$runs"); do
     stop_mount
 
     # The same node again, without --remote: the boot image is local now.
-    start_mount "$work/b" "s['startup_verification_done'] and s['identities_pending']==0"
-    drop_caches
-    t=$(boot "$mnt/$vmi")
-    s=$(status)
-    printf 'same node, next boot\t%s\t%s\t%s\t-\t-\t-\t%s\t%s\t-\n' "$run" "$t" "$ready" \
-        "$(field bytes_from_store <<<"$s")" "$(field bytes_from_file <<<"$s")"
-    stop_mount
+    boot_local "$work/b" 'same node, next boot'
 done
 echo "boot image of $vmi: $logical raw bytes, $alone compressed alone"

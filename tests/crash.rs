@@ -183,6 +183,30 @@ fn verify_names_damage(env: &Env) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("verify --json prints its report")
 }
 
+/// [`repair_restores`] from an empty images directory: what the store
+/// holds must be enough.
+fn repair_restores_without_images(env: &Env, yolos: &[PathBuf; 2], says: &str) {
+    let no_images = env.path("no-images");
+    std::fs::create_dir(&no_images).unwrap();
+    repair_restores(env, yolos, &no_images, says);
+}
+
+/// The problems of `verify --json`'s `report`, which must name records of
+/// column family `cf` that RocksDB could not read.
+fn problems_naming_unreadable<'a>(
+    report: &'a serde_json::Value,
+    cf: &str,
+) -> &'a [serde_json::Value] {
+    let problems = report["problems"].as_array().expect("a problems list");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == cf),
+        "{report}"
+    );
+    problems
+}
+
 /// Repair from the VMI files in `images`, saying `says`, then verify is
 /// clean and both VMIs export byte for byte as imported.
 fn repair_restores(env: &Env, yolos: &[PathBuf; 2], images: &std::path::Path, says: &str) {
@@ -268,13 +292,7 @@ fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_pack
     flip_in_largest_table(&env, "refs");
 
     let report = verify_names_damage(&env);
-    let problems = report["problems"].as_array().unwrap();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "refs"),
-        "{report}"
-    );
+    let problems = problems_naming_unreadable(&report, "refs");
     // Each chunk in use whose record is lost is named, with where its
     // bytes still are.
     let lost: Vec<_> = problems
@@ -289,14 +307,7 @@ fn a_flipped_byte_in_the_refs_sst_is_named_and_the_records_rebuilt_from_the_pack
         "{report}"
     );
     // The records are rebuilt from the packs alone: no VMI file needed.
-    let no_images = env.path("no-images");
-    std::fs::create_dir(&no_images).unwrap();
-    repair_restores(
-        &env,
-        &yolos,
-        &no_images,
-        "repaired the refs record of chunk",
-    );
+    repair_restores_without_images(&env, &yolos, "repaired the refs record of chunk");
     // No chunk was stored twice, and the records' sizes are as they were.
     assert_eq!(env.json(&["verify"])["chunks"], chunks_before);
     assert_eq!(
@@ -314,27 +325,14 @@ fn a_flipped_byte_in_the_numbers_sst_is_named_and_the_records_rewritten_from_ref
 
     // Named, and the manifests that name a lost number say so.
     let report = verify_names_damage(&env);
-    let problems = report["problems"].as_array().unwrap();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "numbers"),
-        "{report}"
-    );
+    let problems = problems_naming_unreadable(&report, "numbers");
     assert!(
         problems.iter().any(|p| p["problem"] == "bad-manifest"
             && p["why"].as_str().unwrap().contains("chunk number")),
         "{report}"
     );
     // Every refs record holds its chunk's number: no VMI file is needed.
-    let no_images = env.path("no-images");
-    std::fs::create_dir(&no_images).unwrap();
-    repair_restores(
-        &env,
-        &yolos,
-        &no_images,
-        "chunk number records from the refs records",
-    );
+    repair_restores_without_images(&env, &yolos, "chunk number records from the refs records");
 }
 
 #[test]
@@ -383,29 +381,17 @@ fn a_flipped_byte_in_the_manifests_sst_is_named_and_repair_changes_no_refcount()
     let env = Env::new();
     damaged_store_setup(&env);
     env.ok(&["gc"]);
-    let (sst, before) = {
-        let store = yolo_store_core::Store::open(&env.store()).unwrap();
-        let sst = store
-            .table_files("manifests")
-            .unwrap()
-            .into_iter()
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .expect("a manifests table file");
-        (sst, store.chunk_infos().unwrap())
-    };
-    flip(&sst, std::fs::metadata(&sst).unwrap().len() / 3, 1);
+    let before = yolo_store_core::Store::open(&env.store())
+        .unwrap()
+        .chunk_infos()
+        .unwrap();
+    flip_in_largest_table(&env, "manifests");
 
     // Named; and with the manifests unknown, no refcount is called wrong.
     let out = env.run(&["verify", "--json"]);
     assert!(!out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let problems = report["problems"].as_array().unwrap();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p["problem"] == "unreadable-records" && p["column_family"] == "manifests"),
-        "{report}"
-    );
+    let problems = problems_naming_unreadable(&report, "manifests");
     assert!(
         problems.iter().all(|p| p["problem"] != "refcount-mismatch"),
         "{report}"

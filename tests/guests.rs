@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{kill, noise, Env, Mount, BIN};
+use common::{kill, noise, succeed, Env, Mount};
 use qmp::Qmp;
 use serde_json::{json, Value};
 
@@ -69,13 +69,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&succeed(Command::new(cmd).args(args)).stdout).into_owned()
 }
 
 /// The family's directory, built by scripts/vmi-family.sh if incomplete.
@@ -363,18 +357,14 @@ impl Vm {
     fn handoff(&mut self, bin: &Path, images: &Path) -> String {
         // QEMU serves one QMP client at a time.
         drop(self.qmp.take());
-        let out = Command::new(bin)
-            .args(["handoff", "--qmp", s(&self.socket), "--images", s(images)])
-            .output()
-            .expect("yolo-store handoff");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{}: handoff failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        let out = succeed(Command::new(bin).args([
+            "handoff",
+            "--qmp",
+            s(&self.socket),
+            "--images",
+            s(images),
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -564,10 +554,7 @@ fn guests_read_exact_bytes_through_server_kills_upgrades_and_a_handoff() {
         .collect();
     let script = guest_script(&env);
     // The mount runs a copy of the binary that upgrades replace.
-    let bin = env.path("bin/yolo-store");
-    fs::create_dir_all(bin.parent().unwrap()).unwrap();
-    fs::copy(BIN, &bin).unwrap();
-    let mount = Mount::start_with(&bin, &env, "mount", &family, &env.path("mnt"), &[]);
+    let (mount, bin) = Mount::start_upgradable(&env, &family, &env.path("mnt"), &[]);
     let supervisor = mount.pid();
     // Dropped before the mount: on a failure, the server dies with it.
     let _servers = KillServers(supervisor);
@@ -617,16 +604,7 @@ fn guests_read_exact_bytes_through_server_kills_upgrades_and_a_handoff() {
             }
             // Upgrades spread among the kills.
             if upgraded < upgrades && (i + 1).is_multiple_of((total / upgrades.max(1)).max(1)) {
-                let out = Command::new(&bin)
-                    .args(["mount", "--upgrade"])
-                    .arg(&mount.point)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                mount.upgrade(&bin);
                 upgraded += 1;
                 assert_eq!(status_u64(&mount, "server_upgrades"), upgraded);
             } else if killed < kills {

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{boot_blocks, capture_blocks, kill, noise, vmi, wait_gone, Env, Mount, BIN};
+use common::{
+    boot_blocks, capture_blocks, install_new_copy, kill, noise, vmi, wait_gone, Env, Mount,
+};
 
 /// Two VMIs: one with a boot image in the store, one without (served from
 /// its file alone).
@@ -264,24 +266,12 @@ fn an_upgrade_runs_the_new_binary_and_readers_see_exact_bytes() {
     let env = Env::new();
     let (images, vmis) = images(&env);
     // The mount runs a copy, which each upgrade replaces with a new file.
-    let bin = env.path("bin/yolo-store");
-    fs::create_dir_all(bin.parent().unwrap()).unwrap();
-    fs::copy(BIN, &bin).unwrap();
-    let mount = Mount::start_with(&bin, &env, "mount", &images, &env.path("mnt"), &[]);
+    let (mount, bin) = Mount::start_upgradable(&env, &images, &env.path("mnt"), &[]);
     let first = status_u64(&mount, "server_pid");
     let seen = read_during(&mount, &vmis, || {
         for i in 0..3u64 {
             install_new_copy(&bin, &env);
-            let out = Command::new(&bin)
-                .args(["mount", "--upgrade"])
-                .arg(&mount.point)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            mount.upgrade(&bin);
             assert_eq!(status_u64(&mount, "server_upgrades"), i + 1);
             let server = status_u64(&mount, "server_pid");
             // The new server runs the file now at the path, not the one
@@ -296,14 +286,6 @@ fn an_upgrade_runs_the_new_binary_and_readers_see_exact_bytes() {
     assert_ne!(status_u64(&mount, "server_pid"), first);
     assert_eq!(status_u64(&mount, "server_restarts"), 0);
     report_takeovers(&mount.unmount());
-}
-
-/// Installs a new copy of the binary at `bin` (a new file renamed over the
-/// old one, as a package manager does).
-fn install_new_copy(bin: &Path, env: &Env) {
-    let tmp = env.path("bin/.yolo-store.new");
-    fs::copy(BIN, &tmp).unwrap();
-    fs::rename(&tmp, bin).unwrap();
 }
 
 #[test]
@@ -374,10 +356,7 @@ fn a_server_that_can_no_longer_start_ends_the_mount_instead_of_hanging_it() {
 fn an_upgrade_to_a_binary_that_fails_keeps_the_old_server_serving() {
     let env = Env::new();
     let (images, vmis) = images(&env);
-    let bin = env.path("bin/yolo-store");
-    fs::create_dir_all(bin.parent().unwrap()).unwrap();
-    fs::copy(BIN, &bin).unwrap();
-    let mount = Mount::start_with(&bin, &env, "mount", &images, &env.path("mnt"), &[]);
+    let (mount, bin) = Mount::start_upgradable(&env, &images, &env.path("mnt"), &[]);
     let server = status_u64(&mount, "server_pid");
     // A broken install: the new "binary" exits at once.
     let ran = env.path("broken-ran");
@@ -399,16 +378,7 @@ fn an_upgrade_to_a_binary_that_fails_keeps_the_old_server_serving() {
     assert_eq!(status_u64(&mount, "server_upgrades"), 0);
     // A good binary then upgrades as usual.
     install_new_copy(&bin, &env);
-    let out = Command::new(&bin)
-        .args(["mount", "--upgrade"])
-        .arg(&mount.point)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount.upgrade(&bin);
     assert_eq!(status_u64(&mount, "server_upgrades"), 1);
     let out = mount.unmount();
     let log = String::from_utf8_lossy(&out.stderr);

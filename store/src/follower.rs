@@ -7,21 +7,16 @@
 //! recovery takes a blob file that gc dropped while an older one stays for
 //! a missing file, and falls back to a version from before it, so a mount
 //! opened after such a gc saw none of the VMIs (`tests/follower.rs`).
-//! A read-only open just applies the writer's MANIFEST as it stands.
+//! A read-only open just applies the writer's MANIFEST as it stands, and
+//! is made again if the MANIFEST changed while it ran (`Store::open_with`:
+//! a view of the MANIFEST before an import's flush and of the logs after
+//! its manifests named chunks it did not have).
 
-use std::ffi::OsString;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
-use crate::error::{Error, Result};
-use crate::store::{Access, Store};
-
-/// How many times a catch-up opens the store again when an open fails:
-/// a writer's compaction may delete a file between the MANIFEST read and
-/// the file's open.
-const OPEN_ATTEMPTS: usize = 3;
+use crate::error::Result;
+use crate::store::{Access, CommitFiles, Store};
 
 pub struct Follower {
     path: PathBuf,
@@ -30,14 +25,8 @@ pub struct Follower {
     current: RwLock<Arc<Store>>,
     /// What the store's files looked like when `current` was opened.
     /// Held while reopening, so one catch-up reopens and the others wait.
-    seen: Mutex<Fingerprint>,
+    seen: Mutex<CommitFiles>,
 }
-
-/// What every commit of a writer changes: the write-ahead logs (each
-/// synced batch appends), the MANIFEST (each flush, compaction and writer
-/// open) and CURRENT, by name, length and modification time.
-#[derive(Debug, PartialEq, Eq)]
-struct Fingerprint(Vec<(OsString, u64, Option<SystemTime>)>);
 
 impl Follower {
     /// Opens an existing store to follow it.
@@ -76,33 +65,12 @@ impl Follower {
 /// Opens the store read-only, with the fingerprint taken just before: a
 /// commit during the open changes the files again, so the next catch-up
 /// reopens rather than miss it.
-fn open_fresh(path: &Path) -> Result<(Store, Fingerprint)> {
-    let mut attempt = 0;
-    loop {
-        let before = fingerprint(path)?;
-        match Store::open_with(path, Access::Follow) {
-            Ok(store) => return Ok((store, before)),
-            Err(Error::Db(_)) if attempt + 1 < OPEN_ATTEMPTS => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    }
+fn open_fresh(path: &Path) -> Result<(Store, CommitFiles)> {
+    let before = fingerprint(path)?;
+    Ok((Store::open_with(path, Access::Follow)?, before))
 }
 
-fn fingerprint(path: &Path) -> Result<Fingerprint> {
-    let mut files = Vec::new();
-    for entry in fs::read_dir(path).map_err(|e| Error::io(path, e))? {
-        let entry = entry.map_err(|e| Error::io(path, e))?;
-        let name = entry.file_name();
-        let text = name.to_string_lossy();
-        if text == "CURRENT" || text.starts_with("MANIFEST-") || text.ends_with(".log") {
-            // A file deleted since the listing is a change all the same.
-            let (len, modified) = match entry.metadata() {
-                Ok(m) => (m.len(), m.modified().ok()),
-                Err(_) => (u64::MAX, None),
-            };
-            files.push((name, len, modified));
-        }
-    }
-    files.sort();
-    Ok(Fingerprint(files))
+/// The store's commit files, write-ahead logs included.
+fn fingerprint(path: &Path) -> Result<CommitFiles> {
+    CommitFiles::of(path, true)
 }

@@ -17,12 +17,14 @@
 //! the state before or after it, never a manifest without its chunks.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
@@ -427,6 +429,64 @@ pub struct Store {
     _writer: Option<fs::File>,
 }
 
+/// What a writer's commits change in the store directory, by name, length
+/// and modification time: CURRENT and the MANIFEST (each flush, compaction
+/// and writer open) and, with `logs`, the write-ahead logs (each synced
+/// batch appends).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CommitFiles(Vec<(OsString, u64, Option<SystemTime>)>);
+
+impl CommitFiles {
+    pub(crate) fn of(path: &Path, logs: bool) -> Result<Self> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+            let entry = entry.map_err(|e| Error::io(path, e))?;
+            let name = entry.file_name();
+            let text = name.to_string_lossy();
+            if text == "CURRENT"
+                || text.starts_with("MANIFEST-")
+                || (logs && text.ends_with(".log"))
+            {
+                // A file deleted since the listing is a change all the same.
+                let (len, modified) = match entry.metadata() {
+                    Ok(m) => (m.len(), m.modified().ok()),
+                    Err(_) => (u64::MAX, None),
+                };
+                files.push((name, len, modified));
+            }
+        }
+        files.sort();
+        Ok(CommitFiles(files))
+    }
+}
+
+/// Opens made again, at most, when a writer changes the MANIFEST during
+/// each: flushes come seconds apart even in a long import, an open takes
+/// milliseconds.
+const UNTORN_ATTEMPTS: usize = 100;
+
+/// Opens the store read-only as it stood at one moment. RocksDB reads the
+/// MANIFEST first and the write-ahead logs last. An import writes its packs
+/// and `numbers` records without the WAL, flushes them (a MANIFEST edit),
+/// then logs its manifests: an open that read the MANIFEST before that flush
+/// and the logs after that batch saw manifests naming chunk numbers it had
+/// no record of (CI's one EIO at open; `store/tests/follower.rs`). So the
+/// open is made again until the MANIFEST stayed the same throughout: the
+/// logs then continue the MANIFEST read, as a crash of the writer would
+/// leave them, and every commit is whole or absent. An open that fails
+/// while the MANIFEST changed is made again too: compaction may delete a
+/// table file between the MANIFEST's read and the file's open.
+fn open_untorn(path: &Path, opts: &Options) -> Result<DB> {
+    for _ in 0..UNTORN_ATTEMPTS {
+        let before = CommitFiles::of(path, false)?;
+        let opened = DB::open_cf_descriptors_read_only(opts, path, cf_descriptors(), false);
+        if CommitFiles::of(path, false)? == before {
+            return Ok(opened?);
+        }
+    }
+    Err(Error::Busy(path.to_path_buf()))
+}
+
 /// How a process holds the store. RocksDB lets one process write; a mount
 /// follows the writers through read-only opens ([`crate::Follower`]), so
 /// `import`, `rm` and `gc` run as ordinary commands beside it.
@@ -520,12 +580,10 @@ impl Store {
                 opts.set_max_open_files(WRITER_OPEN_FILES);
                 DB::open_cf_descriptors(&opts, path, cf_descriptors())?
             }
-            Access::ReadOnly => {
-                DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
-            }
+            Access::ReadOnly => open_untorn(path, &opts)?,
             Access::Follow => {
                 opts.set_max_open_files(-1);
-                DB::open_cf_descriptors_read_only(&opts, path, cf_descriptors(), false)?
+                open_untorn(path, &opts)?
             }
         };
         let meta = db

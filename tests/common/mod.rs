@@ -67,6 +67,35 @@ impl Env {
     }
 }
 
+/// Runs `command` and asserts that it succeeded (its stderr in the
+/// message); returns its output.
+pub fn succeed(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    succeeded(out, &format!("{command:?}"))
+}
+
+/// Asserts that the process `what` that gave `out` succeeded (its stderr
+/// in the message); returns `out`.
+fn succeeded(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} exited with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Installs a new copy of the binary at `bin` (a new file renamed over the
+/// old one, as a package manager does).
+pub fn install_new_copy(bin: &Path, env: &Env) {
+    let tmp = env.path("bin/.yolo-store.new");
+    std::fs::copy(BIN, &tmp).expect("copy the binary");
+    std::fs::rename(&tmp, bin).expect("install the copy");
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so tests need no seed file.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -123,6 +152,22 @@ impl Mount {
     /// and waits until the mount answers.
     pub fn start(env: &Env, verb: &str, images: &Path, point: &Path, args: &[&str]) -> Mount {
         Mount::start_with(Path::new(BIN), env, verb, images, point, args)
+    }
+
+    /// `yolo-store mount` run from a copy of the binary at `env`'s
+    /// `bin/yolo-store`, which upgrades may replace ([`install_new_copy`],
+    /// [`Mount::upgrade`]); returns the mount and the copy's path.
+    pub fn start_upgradable(
+        env: &Env,
+        images: &Path,
+        point: &Path,
+        args: &[&str],
+    ) -> (Mount, PathBuf) {
+        let bin = env.path("bin/yolo-store");
+        std::fs::create_dir_all(env.path("bin")).expect("bin directory");
+        std::fs::copy(BIN, &bin).expect("copy the binary");
+        let mount = Mount::start_with(&bin, env, "mount", images, point, args);
+        (mount, bin)
     }
 
     /// [`Mount::start`] with the yolo-store binary at `bin`.
@@ -209,6 +254,17 @@ impl Mount {
         pid
     }
 
+    /// `BIN mount --upgrade POINT`: the supervisor hands the connection to
+    /// a server that runs the binary now at `bin` (the path it was started
+    /// with: each upgrade installs a new file there). Asserts it succeeded.
+    pub fn upgrade(&self, bin: &Path) {
+        succeed(
+            Command::new(bin)
+                .args(["mount", "--upgrade"])
+                .arg(&self.point),
+        );
+    }
+
     /// The supervisor's pid (the `yolo-store mount` process).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("mount running").id()
@@ -248,14 +304,7 @@ impl Mount {
             .status()
             .expect("umount");
         assert!(status.success(), "umount {} failed", self.point.display());
-        let out = child.wait_with_output().expect("mount output");
-        assert!(
-            out.status.success(),
-            "mount exited with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        succeeded(child.wait_with_output().expect("mount output"), "mount")
     }
 }
 

@@ -56,7 +56,7 @@ pub fn lose_chunk_number(store: &Store, name: &str) -> Result<u32> {
     let id = manifest
         .chunks
         .last()
-        .ok_or_else(|| Error::Invalid(format!("{name} has no chunks")))?
+        .ok_or_else(|| Error::CorruptStore(format!("{name} has no chunks to lose")))?
         .id;
     let info = store.chunk_info(&id)?.ok_or(Error::MissingChunk { id })?;
     let mut batch = store.batch();

@@ -6,7 +6,7 @@
 use yolo_store_core::testing::lose_chunk_number;
 use yolo_store_core::{
     import, BootImage, Error, FileHeader, FileIdentity, FileImage, Follower, ImageServer,
-    ImportOptions, Store,
+    ImportOptions, Preload, ServeOptions, Store,
 };
 
 #[test]
@@ -36,7 +36,12 @@ fn an_open_the_store_cannot_resolve_is_served_from_the_file() {
     };
     let store = Store::open_or_create(&dir.path().join("store"), None).unwrap();
     import(&store, &image, &ImportOptions::default()).unwrap();
-    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, 1 << 20).unwrap();
+    let options = ServeOptions {
+        cache_bytes: 1 << 20,
+        preload: Preload::Never,
+        ..ServeOptions::default()
+    };
+    let server = ImageServer::new(Follower::open(store.path()).unwrap(), &images, options).unwrap();
     assert!(server.verify_boot_image("vmi").unwrap());
     assert!(server.open("vmi").unwrap().has_boot_image());
 

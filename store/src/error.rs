@@ -77,7 +77,12 @@ pub enum Error {
     #[error("store at {0} is being changed by another yolo-store process")]
     Busy(PathBuf),
 
-    /// From RocksDB (converted in store.rs); its `kind()` says which.
+    /// A read-only open never found the store still: a writer changed its
+    /// MANIFEST during every attempt, for as long as the open may wait.
+    #[error("store at {0} kept changing while it was opened (a writer flushed or compacted throughout); try again")]
+    KeptChanging(PathBuf),
+
+    /// From RocksDB (converted in store/); its `kind()` says which.
     #[error("RocksDB: {0}")]
     Db(#[source] rocksdb::Error),
 

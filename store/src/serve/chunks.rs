@@ -58,7 +58,7 @@ impl ChunkSource {
     /// On any error but "no such boot image" (a RocksDB read error, real
     /// damage), look once more at the store as it is now; the caller serves
     /// the file if that fails too. Views are whole commits (`open_untorn` in
-    /// store.rs), so a writer committing meanwhile is not such an error.
+    /// store/open.rs), so a writer committing meanwhile is not such an error.
     pub(super) fn boot_image(&self, store: &Store, name: &str) -> Result<Manifest> {
         match self.manifest_of(store, name) {
             Err(e) if !matches!(e, Error::UnknownVmi(_)) => match self.store.catch_up() {

@@ -157,7 +157,15 @@ impl ImageServer {
                 }
                 for name in imported {
                     match server.verify_boot_image(&name) {
-                        Ok(true) => learner.ready(1),
+                        Ok(true) => {
+                            learner.ready(1);
+                            if server.sessions.preload() == Preload::All {
+                                // Opening it starts its preload.
+                                if let Err(e) = server.open(&name) {
+                                    eprintln!("yolo-store: learning: {name}: {e}");
+                                }
+                            }
+                        }
                         Ok(false) => eprintln!(
                             "yolo-store: learning: {name}: the learned boot image does not match the file"
                         ),

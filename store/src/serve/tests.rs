@@ -206,6 +206,55 @@ fn a_boot_image_is_preloaded_at_its_first_open_only() {
     assert_eq!(server.stats().preload_chunks_total, 0);
 }
 
+/// Waits (bounded) until the server's preloads have loaded `chunks`.
+fn preloaded(server: &ImageServer, chunks: u64) -> ServeStats {
+    for _ in 0..3000 {
+        let stats = server.stats();
+        if stats.preload_chunks_done >= chunks && stats.startup_verification_done {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("not preloaded: {:?}", server.stats());
+}
+
+#[test]
+fn preload_all_loads_every_checked_boot_image_without_an_open() {
+    let data = content(16 * 4096);
+    let options = ServeOptions {
+        preload: Preload::All,
+        ..ServeOptions::default()
+    };
+    let (_dir, server) = serve_with(&data, &[5, 1, 9, 2], options);
+    let server = Arc::new(server);
+    assert_eq!(server.verify_all_in_background().unwrap(), 1);
+    let stats = preloaded(&server, 4);
+    assert_eq!(stats.preload_chunks_total, 4, "{stats:?}");
+    assert_eq!(stats.cache.chunks, 4, "{stats:?}");
+    // Served from the cache alone.
+    let image = server.open("vmi").unwrap();
+    let misses = server.stats().cache.misses;
+    assert_eq!(
+        server.read(&image, 5 * 4096, 4096).unwrap(),
+        &data[5 * 4096..6 * 4096]
+    );
+    assert_eq!(server.stats().cache.misses, misses);
+    assert_eq!(server.stats().preload_chunks_total, 4, "loaded once");
+}
+
+#[test]
+fn preload_on_open_loads_a_boot_image_at_its_first_open() {
+    let data = content(16 * 4096);
+    let (_dir, server) = serve_with(&data, &[5, 1, 9, 2], ServeOptions::default());
+    let server = Arc::new(server);
+    server.verify_all_in_background().unwrap();
+    let stats = preloaded(&server, 0);
+    assert_eq!(stats.preload_chunks_total, 0, "not before an open");
+    let _image = server.open("vmi").unwrap();
+    let stats = preloaded(&server, 4);
+    assert_eq!(stats.cache.chunks, 4, "{stats:?}");
+}
+
 #[test]
 fn only_a_file_the_server_adds_nothing_to_is_passed_through() {
     let data = content(8 * 4096);

@@ -29,7 +29,7 @@ use rocksdb::{
 
 use crate::id::ChunkId;
 use crate::manifest::{ChunkRef, Manifest, StoredManifest};
-use crate::pack::{decode_pack, encode_pack, Pack};
+use crate::pack::{decode_pack, Pack};
 use crate::{Error, Result};
 
 mod batch;
@@ -638,7 +638,7 @@ impl Store {
             }
         }
         let input: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-        let (value, _) = encode_pack(&input, self.config.zstd_level);
+        let (value, _) = crate::pack::encode_pack(&input, self.config.zstd_level);
         lock(&self.packs).pop(&info.pack);
         let mut batch = self.batch();
         batch

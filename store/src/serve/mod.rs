@@ -159,11 +159,8 @@ impl ImageServer {
                     match server.verify_boot_image(&name) {
                         Ok(true) => {
                             learner.ready(1);
-                            if server.sessions.preload() == Preload::All {
-                                // Opening it starts its preload.
-                                if let Err(e) = server.open(&name) {
-                                    eprintln!("yolo-store: learning: {name}: {e}");
-                                }
+                            if let Err(e) = server.preload_if_all(&name) {
+                                eprintln!("yolo-store: learning: {name}: {e}");
                             }
                         }
                         Ok(false) => eprintln!(
@@ -335,9 +332,8 @@ impl ImageServer {
                             server.identities.save()?;
                             saved = Instant::now();
                         }
-                        if ok && server.sessions.preload() == Preload::All {
-                            // Opening it starts its preload.
-                            server.open(&name)?;
+                        if ok {
+                            server.preload_if_all(&name)?;
                         }
                         Ok(())
                     });
@@ -355,6 +351,16 @@ impl ImageServer {
                 source,
             })?;
         Ok(count)
+    }
+
+    /// For a boot image just found to match its file: with
+    /// [`Preload::All`], loads it into the cache now (opening the file
+    /// starts its preload) rather than at the file's first open.
+    fn preload_if_all(&self, name: &str) -> Result<()> {
+        if self.sessions.preload() == Preload::All {
+            self.open(name)?;
+        }
+        Ok(())
     }
 
     /// Reads up to `size` bytes at `offset`: boot-image blocks from the

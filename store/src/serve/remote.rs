@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ImageServer, Preload};
+use super::ImageServer;
 use crate::files::metadata_in;
 
 use crate::{Error, Result};
@@ -19,7 +19,7 @@ const REMOTE_REFRESH: Duration = Duration::from_secs(30);
 impl ImageServer {
     /// Reads the remote's boot images now and every [`REMOTE_REFRESH`],
     /// on a thread of its own, and checks each new one against its file
-    /// (the rule local boot images follow); with [`Preload::All`], loads
+    /// (the rule local boot images follow); with [`super::Preload::All`], loads
     /// each once checked. A remote that does not answer is tried again every
     /// [`crate::remote::DOWN_FOR`].
     pub fn start_remote(self: &Arc<Self>) -> Result<()> {
@@ -65,15 +65,14 @@ impl ImageServer {
         match tier.load(&store, serve) {
             Ok(new) => {
                 for name in new {
-                    match self.verify_boot_image(&name) {
-                        // Opening it starts its preload.
-                        Ok(true) if self.sessions.preload() == Preload::All => {
-                            if let Err(e) = self.open(&name) {
-                                eprintln!("yolo-store: {name}: {e}");
-                            }
+                    let checked = self.verify_boot_image(&name).and_then(|matches| {
+                        if matches {
+                            self.preload_if_all(&name)?;
                         }
-                        Ok(_) => {}
-                        Err(e) => eprintln!("yolo-store: {name}: {e}"),
+                        Ok(())
+                    });
+                    if let Err(e) = checked {
+                        eprintln!("yolo-store: {name}: {e}");
                     }
                 }
                 tier.round_done();
